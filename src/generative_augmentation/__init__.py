@@ -1,0 +1,3 @@
+"""Generative data augmentation for small, imbalanced medical image classification sets."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,69 @@
+"""Patient-grouped, class-stratified splits and the leakage audit."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from generative_augmentation.core.runtime import numpy_rng
+
+SPLIT_NAMES = ("train", "val", "test")
+
+
+def validate_ratios(ratios: dict[str, float]) -> dict[str, float]:
+    """Ratios for train/val/test that are non-negative and add up to 1 (parameter split.ratios)."""
+    unknown = sorted(set(ratios) - set(SPLIT_NAMES))
+    if unknown:
+        raise ValueError(f"Unknown split name(s) {unknown} in parameter split.ratios; use {list(SPLIT_NAMES)}")
+    values = {name: float(ratios.get(name, 0.0)) for name in SPLIT_NAMES}
+    if any(value < 0 for value in values.values()):
+        raise ValueError(f"Parameter split.ratios has a negative ratio: {values}")
+    if not np.isclose(sum(values.values()), 1.0, atol=1e-6):
+        raise ValueError(f"Parameter split.ratios must add up to 1, got {sum(values.values()):.4f} from {values}")
+    if values["train"] <= 0 or values["test"] <= 0:
+        raise ValueError(f"Parameter split.ratios needs train > 0 and test > 0, got {values}")
+    return values
+
+
+def stratified_group_split(labels: np.ndarray, groups: np.ndarray, ratios: dict[str, float], seed: int) -> np.ndarray:
+    """Assign every item to a split so that no group spans two splits and each class follows ``ratios``.
+
+    Greedy: groups are visited largest first (ties in a seeded random order); each goes to the split whose
+    per-class deficit against its target, weighted by the group's class counts, is largest. scikit-learn's
+    StratifiedGroupKFold only makes equal folds, so it cannot honour arbitrary ratios.
+    """
+    ratios = validate_ratios(ratios)
+    labels, groups = np.asarray(labels), np.asarray(groups)
+    classes, label_index = np.unique(labels, return_inverse=True)
+    group_ids, group_index = np.unique(groups, return_inverse=True)
+    per_group = np.zeros((len(group_ids), len(classes)))
+    np.add.at(per_group, (group_index, label_index), 1)
+    names = [name for name in SPLIT_NAMES if ratios[name] > 0]
+    targets = np.array([ratios[name] for name in names])[:, None] * per_group.sum(0)[None, :]
+    current = np.zeros_like(targets)
+    order = numpy_rng(seed).permutation(len(group_ids))
+    order = order[np.argsort(-per_group[order].sum(1), kind="stable")]
+    assignment = np.empty(len(group_ids), dtype=int)
+    for group in order:
+        counts = per_group[group]
+        deficit = ((targets - current) / np.maximum(targets, 1e-9)) @ counts
+        overall = (targets.sum(1) - current.sum(1)) / np.maximum(targets.sum(1), 1e-9)
+        choice = int(np.lexsort((-overall, -deficit))[0])
+        assignment[group] = choice
+        current[choice] += counts
+    return np.array(names, dtype=object)[assignment[group_index]]
+
+
+def find_leaks(manifest: pd.DataFrame) -> dict[str, list[str]]:
+    """Patients and identical images (``content_hash``) that appear in more than one split."""
+    leaks = {}
+    for column in ("patient_id", "content_hash"):
+        spread = manifest.groupby(column)["split"].nunique()
+        leaks[column] = sorted(map(str, spread[spread > 1].index))
+    return leaks
+
+
+def split_counts(manifest: pd.DataFrame) -> pd.DataFrame:
+    """Counts of images per class (rows) and split (columns), with totals."""
+    table = pd.crosstab(manifest["class_name"], manifest["split"], margins=True, margins_name="total")
+    return table.reindex(columns=[c for c in (*SPLIT_NAMES, "total") if c in table.columns])

@@ -1,0 +1,82 @@
+"""Shared fixtures: tiny generated datasets in the three layouts the project reads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+RETINAMNIST = Path(__file__).resolve().parents[1] / "data" / "01_raw" / "retinamnist.npz"
+
+
+def class_image(label: int, rng: np.random.Generator, size: int = 16) -> np.ndarray:
+    """A noisy image whose colour and a bright square depend on its class: learnable in a few epochs."""
+    base = np.zeros((size, size, 3), dtype=np.float32)
+    base[..., label % 3] = 120 + 40 * (label // 3)
+    corner = (label * 3) % (size - 4)
+    base[corner : corner + 4, corner : corner + 4] = 250
+    return np.clip(base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8)
+
+
+def write_npz(path: Path, counts: dict[str, list[int]], size: int = 16, seed: int = 0) -> Path:
+    """A MedMNIST-style npz; ``counts[split]`` lists the number of images per class."""
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for split, per_class in counts.items():
+        labels = np.repeat(np.arange(len(per_class)), per_class)
+        arrays[f"{split}_images"] = np.stack([class_image(int(y), rng, size) for y in labels])
+        arrays[f"{split}_labels"] = labels.reshape(-1, 1).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, **arrays)
+    return path
+
+
+@pytest.fixture
+def tiny_npz(tmp_path: Path) -> Path:
+    return write_npz(tmp_path / "tiny.npz", {"train": [24, 12, 8], "val": [6, 4, 4], "test": [8, 5, 5]})
+
+
+@pytest.fixture
+def tiny_odir(tmp_path: Path) -> Path:
+    """An ODIR-5K-like folder: full_df.csv (one row per image) + preprocessed_images/, two eyes per patient."""
+    root = tmp_path / "odir"
+    (root / "preprocessed_images").mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    codes = ["N", "G", "C", "A"]
+    rows = []
+    for patient in range(60):
+        code = codes[patient % len(codes)]
+        for eye in ("left", "right"):
+            filename = f"{patient}_{eye}.jpg"
+            image = class_image(codes.index(code), rng, 24)
+            Image.fromarray(image).save(root / "preprocessed_images" / filename, quality=95)
+            rows.append({"ID": patient, "Patient Age": 60, "filename": filename, "labels": f"['{code}']"})
+    pd.DataFrame(rows).to_csv(root / "full_df.csv", index=False)
+    return root
+
+
+@pytest.fixture
+def tiny_image_folder(tmp_path: Path) -> Path:
+    """A class-per-folder tree of grayscale PNGs."""
+    root = tmp_path / "folder"
+    rng = np.random.default_rng(2)
+    for label, name in enumerate(["normal", "pneumonia"]):
+        (root / name).mkdir(parents=True)
+        for index in range(10):
+            Image.fromarray(class_image(label, rng, 20)[..., 0]).save(root / name / f"{index}.png")
+    return root
+
+
+@pytest.fixture(autouse=True, scope="session")
+def single_torch_thread():
+    """Tiny models run fastest on one thread, and do not stall when the two cores are shared."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

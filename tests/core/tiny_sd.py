@@ -1,0 +1,96 @@
+"""A tiny, randomly initialised Stable Diffusion pipeline built offline, for tests."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+TEXT_HIDDEN_SIZE = 32
+MERGES = ("f u", "fu n", "fun d", "fund u", "fundu s</w>", "r e", "t i", "n a</w>", "re ti", "reti na</w>")
+SPECIAL_TOKENS = ("<|startoftext|>", "<|endoftext|>")
+
+
+def build_tiny_stable_diffusion(folder: str | Path, seed: int = 0) -> Path:
+    """Save a tiny random Stable Diffusion pipeline (32 px images, 16 px latents) into ``folder``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    tokenizer = _tiny_tokenizer(folder / "tokenizer")
+    pipeline = StableDiffusionPipeline(
+        vae=_tiny_vae(),
+        text_encoder=_tiny_text_encoder(tokenizer),
+        tokenizer=tokenizer,
+        unet=_tiny_unet(),
+        scheduler=DDIMScheduler(
+            beta_start=0.00085,
+            beta_end=0.012,
+            beta_schedule="scaled_linear",
+            clip_sample=False,
+            set_alpha_to_one=False,
+            steps_offset=1,
+        ),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipeline.save_pretrained(folder)
+    return folder
+
+
+def _tiny_tokenizer(folder: Path) -> CLIPTokenizer:
+    """A byte-level BPE tokenizer over printable ASCII with a handful of merges."""
+    folder.mkdir(parents=True, exist_ok=True)
+    characters = [chr(code) for code in range(33, 127)]
+    tokens = characters + [f"{character}</w>" for character in characters]
+    tokens += [merge.replace(" ", "") for merge in MERGES] + list(SPECIAL_TOKENS)
+    vocab = {token: index for index, token in enumerate(dict.fromkeys(tokens))}
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(MERGES) + "\n")
+    return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77)
+
+
+def _tiny_text_encoder(tokenizer: CLIPTokenizer) -> CLIPTextModel:
+    config = CLIPTextConfig(
+        vocab_size=1000,
+        hidden_size=TEXT_HIDDEN_SIZE,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=tokenizer.model_max_length,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return CLIPTextModel(config)
+
+
+def _tiny_unet() -> UNet2DConditionModel:
+    return UNet2DConditionModel(
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=TEXT_HIDDEN_SIZE,
+        attention_head_dim=(2, 4),
+        norm_num_groups=32,
+    )
+
+
+def _tiny_vae() -> AutoencoderKL:
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(32, 64),
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        latent_channels=4,
+        sample_size=32,
+        norm_num_groups=32,
+    )
