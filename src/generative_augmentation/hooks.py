@@ -10,6 +10,7 @@ import mlflow
 from kedro.framework.hooks import hook_impl
 
 from generative_augmentation.core.runtime import seed_everything
+from generative_augmentation.scenarios import configured_scenarios, remember_parameters
 
 logger = logging.getLogger(__name__)
 
@@ -19,7 +20,11 @@ class ReproducibilityHooks:
 
     @hook_impl
     def after_context_created(self, context) -> None:
-        seed = int(context.params.get("seed", 0))
+        # config_loader, not context.params: reading params validates them against the pipelines, which are
+        # built from these very parameters (the scenario list).
+        parameters = dict(context.config_loader["parameters"])
+        remember_parameters(parameters)
+        seed = int(parameters.get("seed", 0))
         seed_everything(seed)
         logger.info("Global seed set to %d", seed)
 
@@ -68,3 +73,37 @@ def saved_path(dataset) -> str | None:
         return get_filepath_str(dataset._get_load_path(), protocol)
     filepath = getattr(dataset, "_filepath", None)
     return str(filepath) if filepath is not None else None
+
+
+class ScenarioRunHooks:
+    """One nested MLflow run per scenario and seed under the ``kedro run``'s parent run.
+
+    Each nested run carries the scenario's name, kind, ratio and seed as parameters and that seed's test metrics,
+    so ``mlflow ui`` can compare scenarios side by side.
+    """
+
+    @hook_impl
+    def after_node_run(self, node, outputs: dict[str, Any]) -> None:
+        if not node.name.endswith("score_on_test") or mlflow.active_run() is None:
+            return
+        scenario = node.namespace or node.name.split(".")[0]
+        spec = configured_scenarios().get(scenario, {"kind": "unknown", "ratio": 0.0})
+        table = outputs.get(f"{scenario}.test_scores")
+        if table is None:
+            return
+        for seed, rows in table.groupby("seed"):
+            with mlflow.start_run(run_name=f"{scenario} seed {seed}", nested=True):
+                mlflow.log_params(
+                    {"scenario": scenario, "kind": spec["kind"], "ratio": spec["ratio"], "seed": int(seed)}
+                )
+                mlflow.log_metrics(scenario_seed_metrics(rows))
+
+
+def scenario_seed_metrics(rows) -> dict[str, float]:
+    """``test_<metric>`` for macro rows and ``test_<metric>.<class>`` per class; NaNs left out."""
+    metrics = {}
+    for row in rows.itertuples(index=False):
+        key = f"test_{row.metric}" if row.class_name == "macro" else f"test_{row.metric}.{row.class_name}"
+        if row.value == row.value:  # not NaN
+            metrics[key] = float(row.value)
+    return metrics

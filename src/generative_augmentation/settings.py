@@ -2,9 +2,9 @@
 
 from kedro.config import OmegaConfigLoader
 
-from generative_augmentation.hooks import MlflowArtifactHooks, ReproducibilityHooks
+from generative_augmentation.hooks import MlflowArtifactHooks, ReproducibilityHooks, ScenarioRunHooks
 
-HOOKS = (ReproducibilityHooks(), MlflowArtifactHooks())
+HOOKS = (ReproducibilityHooks(), MlflowArtifactHooks(), ScenarioRunHooks())
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {

@@ -208,7 +208,7 @@ class ArrayDataset(Dataset):
         if len(images) != len(labels):
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
         self.images = to_tensor(images)
-        self.labels = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+        self.labels = torch.tensor(np.array(labels), dtype=torch.long)
         self.transform = transform
 
     def __len__(self) -> int:
