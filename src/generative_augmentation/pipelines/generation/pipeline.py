@@ -1,0 +1,45 @@
+"""The generation pipeline: plan the pool, train the generator, generate the pool, report."""
+
+from kedro.pipeline import Pipeline, node
+
+from .nodes import generate_synthetic_pool, plan_generation, report_generation, train_generator
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    return Pipeline(
+        [
+            node(
+                plan_generation,
+                ["manifest", "clusters", "params:generation", "params:seed"],
+                ["generator_training_set", "synthetic_pool_plan"],
+                name="plan_generation",
+            ),
+            node(
+                train_generator,
+                ["generator_training_set", "real_images", "params:generation", "params:image", "params:seed"],
+                ["generator", "generator_training_log"],
+                name="train_generator",
+            ),
+            node(
+                generate_synthetic_pool,
+                ["generator", "synthetic_pool_plan", "real_images", "params:generation", "params:image"],
+                ["synthetic_images", "synthetic_manifest"],
+                name="generate_synthetic_pool",
+            ),
+            node(
+                report_generation,
+                [
+                    "generator",
+                    "generator_training_log",
+                    "synthetic_manifest",
+                    "synthetic_images",
+                    "generator_training_set",
+                    "real_images",
+                    "params:generation",
+                    "params:image",
+                ],
+                ["generation_sample_grids", "generation_loss_curve", "generation_metrics", "generation_pool_summary"],
+                name="report_generation",
+            ),
+        ]
+    )

@@ -1,0 +1,69 @@
+"""The pseudo_labeling pipeline: labeler, memorisation guard, filter verdicts, counts and examples."""
+
+from kedro.pipeline import Pipeline, node
+
+from .nodes import (
+    apply_filter,
+    count_stages,
+    find_nearest_real,
+    load_synthetic_pool,
+    plot_examples,
+    predict_labels,
+    train_labeler,
+)
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    return Pipeline(
+        [
+            node(
+                load_synthetic_pool,
+                ["synthetic_manifest", "synthetic_images", "manifest", "params:pseudo_labeling", "params:image"],
+                "synthetic_arrays",
+                name="load_synthetic_pool",
+            ),
+            node(
+                train_labeler,
+                ["manifest", "real_images", "params:pseudo_labeling", "params:image", "params:seed"],
+                ["labeler", "labeler_history"],
+                name="train_labeler",
+            ),
+            node(
+                predict_labels,
+                ["synthetic_manifest", "synthetic_arrays", "labeler"],
+                "synthetic_predictions",
+                name="predict_labels",
+            ),
+            node(
+                find_nearest_real,
+                [
+                    "synthetic_manifest",
+                    "synthetic_arrays",
+                    "manifest",
+                    "embeddings",
+                    "feature_extractor",
+                    "params:pseudo_labeling",
+                ],
+                ["synthetic_nearest_real", "memorisation_guard"],
+                name="find_nearest_real",
+            ),  # fmt: skip
+            node(
+                apply_filter,
+                ["synthetic_manifest", "synthetic_predictions", "synthetic_nearest_real", "params:pseudo_labeling"],
+                "labeled_synthetic",
+                name="apply_filter",
+            ),
+            node(
+                count_stages,
+                ["labeled_synthetic", "manifest", "memorisation_guard", "labeler"],
+                ["pseudo_labeling_counts", "pseudo_labeling_metrics"],
+                name="count_stages",
+            ),
+            node(
+                plot_examples,
+                ["labeled_synthetic", "synthetic_arrays", "params:pseudo_labeling"],
+                "pseudo_labeling_examples",
+                name="plot_examples",
+            ),
+        ]
+    )

@@ -1,0 +1,19 @@
+"""The reduction pipeline: t-SNE based selection in the dominant classes, and its maps."""
+
+from kedro.pipeline import Pipeline, node
+
+from .nodes import plot_selection, select_representatives
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    return Pipeline(
+        [
+            node(
+                select_representatives,
+                ["manifest", "embeddings", "params:reduction", "params:seed"],
+                ["selected_images", "reduction_summary", "reduction_metrics"],
+                name="select_representatives",
+            ),
+            node(plot_selection, "selected_images", "reduction_maps", name="plot_selection"),
+        ]
+    )
