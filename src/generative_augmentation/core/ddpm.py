@@ -444,6 +444,10 @@ def _inference_scheduler(config: DDPMConfig, sampler: Sampler) -> DDPMScheduler 
         beta_schedule=config.beta_schedule,
         prediction_type=config.prediction_type,
         algorithm_type="dpmsolver++",
+        # Clip each step's x0 estimate to the data range [-1, 1], as the DDPM sampler's clip_sample does: without
+        # it, epsilon prediction at t ~ T (alpha ~ 0 under squaredcos_cap_v2) blows the first step up to noise.
+        thresholding=True,
+        sample_max_value=1.0,
     )
 
 

@@ -253,9 +253,14 @@ def _train_feature_classifier(
 
 
 def _extractor_config(settings: dict[str, Any], image: dict[str, Any]) -> dict[str, Any]:
+    image_size = settings.get("image_size", 64)
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 32:
+        raise ValueError(
+            f"Parameter feature_clustering.extractor.image_size must be an integer >= 32, got {image_size!r}"
+        )
     return {
         "name": extractor_name(settings),
-        "image_size": int(settings.get("image_size", 96)),
+        "image_size": image_size,
         "normalisation": str(settings.get("normalisation", "inception")),
         "device": settings.get("device"),
         "image": {"size": int(image["size"]), "mode": str(image["mode"])},

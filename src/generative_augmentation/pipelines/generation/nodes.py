@@ -74,8 +74,9 @@ def plan_generation(
     """
     generator = _choice(generation.get("generator", "ddpm"), GENERATORS, "generation.generator")
     class_names = class_names_of(manifest)
-    prompts = _class_prompts(generation.get("stable_diffusion") or {}, class_names) if generator != "ddpm" else {}
+    prompts: dict[str, str] = {}
     if generator == "stable_diffusion":
+        prompts = _class_prompts(generation.get("stable_diffusion") or {}, class_names)
         _check_stable_diffusion(generation.get("stable_diffusion") or {})
     training_set = generator_training_set(manifest, clusters, generation.get("use_clusters", "auto"))
     counts = training_set.groupby("class_name").size().reindex(class_names, fill_value=0)
@@ -268,8 +269,8 @@ def report_generation(
     fake_arrays = {
         name: stack_partitions(synthetic_images, rows["image_key"], size, mode) for name, rows in fake.items()
     }
-    grids = {f"{name}.png": _class_grid(name, real_arrays[name], fake_arrays[name]) for name in fake_arrays}
-    grids["overview.png"] = _overview_grid(real_arrays, fake_arrays, generator["config"].get("generator", ""))
+    grids = {f"{name}.png": _class_grid(name, real_arrays[name], fake_arrays[name], per_row) for name in fake_arrays}
+    grids["overview.png"] = _overview_grid(real_arrays, fake_arrays, generator["config"].get("generator", ""), per_row)
     curve = loss_curve(training_log["loss"].to_numpy(), title=f"{generator['config'].get('generator')} training loss")
     summary = _pool_summary(training_set, synthetic_manifest)
     return grids, curve, _generation_metrics(generator, training_log, summary), summary
@@ -485,8 +486,8 @@ def _train_ddpm(
 ) -> tuple[dict[str, Any], list[float]]:
     config = ddpm_config(training_set, generation, image, seed)
     _check_resumable(run_dir, config.to_dict(), DDPM_RESUMABLE_FIELDS, "generation.ddpm")
-    clusters = training_set["cluster_index"].to_numpy() if config.num_clusters else None
-    labels = training_set["label"].to_numpy()
+    clusters = training_set["cluster_index"].to_numpy(copy=True) if config.num_clusters else None
+    labels = training_set["label"].to_numpy(copy=True)  # writable: torch.from_numpy warns on read-only arrays
     result = train_ddpm(images, labels, config, clusters, checkpoint_dir=run_dir, device=generation.get("device"))
     header = {
         "generator": "ddpm",
@@ -542,9 +543,9 @@ def _sample_ddpm_rows(generator: dict[str, Any], rows: pd.DataFrame, generation:
     return sample_ddpm(
         generator["state_dict"],
         config,
-        rows["label"].to_numpy(),
-        rows["seed"].to_numpy(),
-        clusters=rows["cluster_index"].to_numpy() if config.num_clusters else None,
+        rows["label"].to_numpy(copy=True),
+        rows["seed"].to_numpy(copy=True),
+        clusters=rows["cluster_index"].to_numpy(copy=True) if config.num_clusters else None,
         num_inference_steps=int(first["steps"]),
         guidance_scale=float(first["guidance_scale"]),
         batch_size=int(sampling.get("batch_size", 64)),
@@ -556,8 +557,9 @@ def _sample_ddpm_rows(generator: dict[str, Any], rows: pd.DataFrame, generation:
 def _load_stable_diffusion(sd: dict[str, Any], device: str | None) -> StableDiffusionPipeline:
     try:
         return load_stable_diffusion(sd["model"], device=device)
-    except (OSError, ValueError) as error:
-        raise ValueError(f"generation.stable_diffusion.model ({sd['model']}) does not load: {error}") from error
+    except Exception as error:  # diffusers raises OSError, KeyError, ValueError... on a broken folder
+        message = f"{type(error).__name__}: {error}"
+        raise ValueError(f"generation.stable_diffusion.model ({sd['model']}) does not load: {message}") from error
 
 
 def _stable_diffusion_with_lora(generator: dict[str, Any], generation: dict[str, Any]) -> StableDiffusionPipeline:
@@ -610,17 +612,20 @@ def _sample_sd_rows(
 
 
 # --- report helpers ----------------------------------------------------------------------------------------------
-def _class_grid(name: str, real: np.ndarray, synthetic: np.ndarray) -> Figure:
-    return image_grid({"real": real, "synthetic": synthetic}, title=f"{name}: real train images and synthetic images")
+def _class_grid(name: str, real: np.ndarray, synthetic: np.ndarray, per_row: int) -> Figure:
+    rows = {"real": real, "synthetic": synthetic}
+    return image_grid(rows, title=f"{name}: real train images and synthetic images", max_per_row=per_row)
 
 
-def _overview_grid(real: dict[str, np.ndarray], synthetic: dict[str, np.ndarray], generator: str) -> Figure:
+def _overview_grid(
+    real: dict[str, np.ndarray], synthetic: dict[str, np.ndarray], generator: str, per_row: int
+) -> Figure:
     rows: dict[str, np.ndarray] = {}
     for name, images in real.items():
         rows[f"real\n{name}"] = images
         if name in synthetic:
             rows[f"synthetic\n{name}"] = synthetic[name]
-    return image_grid(rows, title=f"Real train images and {generator} synthetic images per class")
+    return image_grid(rows, title=f"Real train images and {generator} synthetic images per class", max_per_row=per_row)
 
 
 def _pool_summary(training_set: pd.DataFrame, synthetic_manifest: pd.DataFrame) -> pd.DataFrame:

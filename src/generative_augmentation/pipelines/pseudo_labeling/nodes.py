@@ -207,14 +207,17 @@ def count_stages(
 def plot_examples(
     labeled_synthetic: pd.DataFrame, synthetic_arrays: np.ndarray, pseudo_labeling: dict[str, Any]
 ) -> Figure:
-    """Kept and dropped examples of every intended class; each row label counts the images and drop reasons."""
+    """Kept and dropped examples of every intended class (dropped ones in check order, so copies come first);
+    each row label counts the images and the drop reasons."""
     per_row = int(pseudo_labeling.get("examples_per_row", 8))
     intended, verdict = labeled_synthetic["intended_class"].to_numpy(), labeled_synthetic["verdict"].to_numpy()
     rows = {}
     for class_name in pd.unique(intended):
         kept = np.flatnonzero((intended == class_name) & (verdict == "keep"))
         dropped = np.flatnonzero((intended == class_name) & (verdict == "drop"))
-        reasons = labeled_synthetic["drop_reason"].iloc[dropped].value_counts()
+        reason = labeled_synthetic["drop_reason"].iloc[dropped]
+        dropped = dropped[np.argsort(reason.map(DROP_REASONS.index).to_numpy(), kind="stable")]  # guard drops first
+        reasons = reason.value_counts()
         summary = ", ".join(f"{name} {count}" for name, count in reasons.items())
         rows[f"{class_name}\nkept ({len(kept)})"] = synthetic_arrays[kept[:per_row]]
         rows[f"{class_name}\ndropped ({len(dropped)})\n{summary}"] = synthetic_arrays[dropped[:per_row]]

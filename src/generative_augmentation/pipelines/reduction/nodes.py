@@ -34,10 +34,11 @@ def select_representatives(
     train = manifest[manifest["split"] == "train"].reset_index(drop=True)
     counts = train.groupby("class_name").size()
     dominant = dominant_classes(counts, reduction)
+    spec = reduction.get("target_count", "largest_minority")
+    targets = {name: target_count(spec, counts, name, dominant) for name in dominant}  # fail before any t-SNE
     frames, summary = [], []
-    for class_name in tqdm(dominant, desc="reduce dominant classes", unit="class"):
+    for class_name, target in tqdm(targets.items(), desc="reduce dominant classes", unit="class"):
         rows = train[train["class_name"] == class_name]
-        target = target_count(reduction.get("target_count", "largest_minority"), counts, class_name, dominant)
         frame = _select_class(rows, embedding_matrix(embeddings, rows["image_id"]), target, reduction, seed)
         frames.append(frame)
         summary.append({"class_name": class_name, "train_images": len(rows), "target_count": target})
