@@ -53,7 +53,7 @@ class ImageClassifier(nn.Module):
         return self.head(self.forward_features(images))
 
 
-def _small_cnn(in_channels: int) -> tuple[nn.Module, int]:
+def _small_cnn(in_channels: int, width: int) -> tuple[nn.Module, int]:
     def block(cin: int, cout: int) -> nn.Sequential:
         return nn.Sequential(
             nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
@@ -62,10 +62,10 @@ def _small_cnn(in_channels: int) -> tuple[nn.Module, int]:
         )  # fmt: skip
 
     backbone = nn.Sequential(
-        block(in_channels, 32), block(32, 64), block(64, 128),
+        block(in_channels, width), block(width, 2 * width), block(2 * width, 4 * width),
         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.3),
     )  # fmt: skip
-    return backbone, 128
+    return backbone, 4 * width
 
 
 def _resnet18(in_channels: int, input_size: int) -> tuple[nn.Module, int]:
@@ -124,11 +124,13 @@ def build_classifier(
     in_channels: int = 3,
     pretrained: bool = True,
     weights_path: str | Path | None = None,
+    width: int = 32,
 ) -> ImageClassifier:
     """A classifier by name; inputs are resized to at least the architecture's minimum size.
 
     ``pretrained`` applies to ``efficientnet_lite0`` (offline ImageNet weights); ``weights_path`` loads any
-    local ``.safetensors`` or ``.pt`` state dict of the whole classifier.
+    local ``.safetensors`` or ``.pt`` state dict of the whole classifier; ``width`` is ``small_cnn``'s first
+    block width (then 2x and 4x).
     """
     if architecture not in ARCHITECTURES:
         raise ValueError(f"Unknown classifier architecture {architecture!r}; use one of {list(ARCHITECTURES)}")
@@ -136,7 +138,7 @@ def build_classifier(
         raise ValueError(f"A classifier needs at least 2 classes, got num_classes={num_classes}")
     input_size = max(image_size, MIN_INPUT_SIZE[architecture])
     if architecture == "small_cnn":
-        backbone, dim = _small_cnn(in_channels)
+        backbone, dim = _small_cnn(in_channels, width)
     elif architecture == "resnet18":
         backbone, dim = _resnet18(in_channels, input_size)
     elif architecture == "vgg19":
@@ -167,6 +169,7 @@ class TrainingConfig:
     """Settings of the one training loop."""
 
     architecture: str = "small_cnn"
+    width: int = 32  # small_cnn only
     epochs: int = 30
     batch_size: int = 64
     learning_rate: float = 1e-3
@@ -188,6 +191,12 @@ class TrainingConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def rebuild_classifier(classifier: dict, num_classes: int, image_size: int, in_channels: int) -> ImageClassifier:
+    """An untrained classifier shaped as the ``classifier`` parameters describe, to load saved weights into."""
+    config = TrainingConfig.from_dict({k: v for k, v in classifier.items() if k != "seed"})
+    return build_classifier(config.architecture, num_classes, image_size, in_channels, False, None, config.width)
 
 
 @dataclass
@@ -240,7 +249,7 @@ def train_classifier(
     seed_everything(config.seed)
     image_size, in_channels = train[0].shape[1], train[0].shape[-1]
     model = build_classifier(
-        config.architecture, num_classes, image_size, in_channels, config.pretrained, config.weights_path
+        config.architecture, num_classes, image_size, in_channels, config.pretrained, config.weights_path, config.width
     )
     device = pick_device(config.device)
     model.to(device)

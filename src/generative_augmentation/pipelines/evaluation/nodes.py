@@ -10,7 +10,7 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 
-from generative_augmentation.core.classifier import TrainingConfig, build_classifier, predict_proba, train_classifier
+from generative_augmentation.core.classifier import TrainingConfig, predict_proba, rebuild_classifier, train_classifier
 from generative_augmentation.core.images import augment_copy, channels_for, stack_partitions, traditional_augmentation
 from generative_augmentation.core.metrics import classification_scores, confusion
 from generative_augmentation.core.plots import confusion_matrix_figure
@@ -90,10 +90,9 @@ def seed_model(weights: dict[str, Any], seed: int) -> torch.nn.Module:
     """Rebuild the classifier of one seed from a scenario's saved weights."""
     config, prefix = weights["config"], f"seed_{seed}."
     classifier = config["classifier"]
-    model = build_classifier(
-        classifier.get("architecture", "small_cnn"), config["num_classes"], int(config["image"]["size"]),
-        channels_for(config["image"]["mode"]), pretrained=False,
-    )  # fmt: skip
+    model = rebuild_classifier(
+        classifier, config["num_classes"], int(config["image"]["size"]), channels_for(config["image"]["mode"])
+    )
     model.load_state_dict({k[len(prefix) :]: v for k, v in weights["state_dict"].items() if k.startswith(prefix)})
     return model
 

@@ -17,7 +17,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from tqdm.auto import tqdm
 
-from generative_augmentation.core.classifier import TrainingConfig, build_classifier, train_classifier
+from generative_augmentation.core.classifier import TrainingConfig, rebuild_classifier, train_classifier
 from generative_augmentation.core.clustering import ClusterResult, cluster_class
 from generative_augmentation.core.features import (
     EXTRACTORS,
@@ -130,10 +130,7 @@ def extractor_from_weights(feature_extractor: dict[str, Any]) -> TorchFeatureExt
             image_size=int(config["image_size"]), normalisation=config["normalisation"], device=config.get("device")
         )
     classifier, image = config["classifier"], config["image"]
-    model = build_classifier(
-        classifier.get("architecture", "small_cnn"), int(config["num_classes"]), int(image["size"]),
-        channels_for(image["mode"]), pretrained=False,
-    )  # fmt: skip
+    model = rebuild_classifier(classifier, int(config["num_classes"]), int(image["size"]), channels_for(image["mode"]))
     model.load_state_dict(feature_extractor["state_dict"])
     return ClassifierPenultimateExtractor(model, device=config.get("device"))
 

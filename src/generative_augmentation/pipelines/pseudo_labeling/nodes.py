@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from generative_augmentation.core.classifier import TrainingConfig, build_classifier, predict_proba, train_classifier
+from generative_augmentation.core.classifier import TrainingConfig, predict_proba, rebuild_classifier, train_classifier
 from generative_augmentation.core.features import cosine_nearest
 from generative_augmentation.core.images import channels_for, stack_partitions
 from generative_augmentation.core.plots import image_grid
@@ -86,10 +86,12 @@ def predict_labels(
 ) -> pd.DataFrame:
     """Predicted class, confidence (top probability) and agreement with the intended class, per synthetic image."""
     config = labeler["config"]
-    model = build_classifier(
-        config["classifier"].get("architecture", "small_cnn"), int(config["num_classes"]),
-        int(config["image"]["size"]), channels_for(config["image"]["mode"]), pretrained=False,
-    )  # fmt: skip
+    model = rebuild_classifier(
+        config["classifier"],
+        int(config["num_classes"]),
+        int(config["image"]["size"]),
+        channels_for(config["image"]["mode"]),
+    )
     model.load_state_dict(labeler["state_dict"])
     proba = predict_proba(model, synthetic_arrays)
     predicted = proba.argmax(axis=1)
