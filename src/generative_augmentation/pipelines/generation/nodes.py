@@ -370,14 +370,15 @@ def _check_stable_diffusion(sd: dict[str, Any]) -> None:
 def _sampling_settings(generation: dict[str, Any]) -> dict[str, Any]:
     """The per-image generation settings recorded in the plan (and so in the manifest)."""
     if generation.get("generator", "ddpm") == "ddpm":
-        sampling = (generation.get("ddpm") or {}).get("sampling") or {}
+        ddpm = generation.get("ddpm") or {}
+        sampling = ddpm.get("sampling") or {}
+        sampler = _choice(sampling.get("sampler", "dpm_solver"), DDPM_SAMPLERS, "generation.ddpm.sampling.sampler")
+        ancestral_steps = int(ddpm.get("num_train_timesteps", DDPMConfig.num_train_timesteps))
         return {
             "generator": "ddpm",
             "mode": "class_conditional",
-            "sampler": _choice(
-                sampling.get("sampler", "dpm_solver"), DDPM_SAMPLERS, "generation.ddpm.sampling.sampler"
-            ),
-            "steps": int(sampling.get("steps", 20)),
+            "sampler": sampler,
+            "steps": ancestral_steps if sampler == "ddpm" else int(sampling.get("steps", 20)),
             "guidance_scale": float(sampling.get("guidance_scale", 2.0)),
             "strength": float("nan"),
             "negative_prompt": "",
