@@ -52,7 +52,7 @@ def params(**overrides: Any) -> dict[str, Any]:
     base = {
         "generator": "ddpm",
         "classes": None,
-        "pool": {"multiple": 1, "balance_to_largest": False, "oversample": 1.0},
+        "pool": {"multiple": 1, "balance_to_largest": False, "oversample": 1.0, "cover_balanced": False},
         "use_clusters": "auto",
         "min_train_images_per_class": 2,
         "checkpoint_dir": None,
@@ -150,7 +150,14 @@ def clusters_for(manifest: pd.DataFrame, sizes: dict[str, list[int]]) -> pd.Data
 def test_pool_size_is_a_multiple_of_the_train_count_times_oversample() -> None:
     assert pool_sizes(counts_series(), ["c1", "c2"], {"multiple": 4}) == {"c1": 24, "c2": 16}
     assert pool_sizes(counts_series(), ["c1", "c2"], {"multiple": 4, "oversample": 1.25}) == {"c1": 30, "c2": 20}
-    assert pool_sizes(counts_series(), ["c2"], {"multiple": 0.5, "oversample": 1.1}) == {"c2": 3}
+    assert pool_sizes(counts_series(), ["c2"], {"multiple": 0.5, "oversample": 1.1, "cover_balanced": False}) == {
+        "c2": 3
+    }
+
+
+def test_pool_covers_the_gap_to_the_largest_class_for_the_balanced_scenario() -> None:
+    assert pool_sizes(counts_series(), ["c1", "c2"], {"multiple": 0.5}) == {"c1": 6, "c2": 8}
+    assert pool_sizes(counts_series(), ["c1", "c2"], {"multiple": 0.5, "cover_balanced": False}) == {"c1": 3, "c2": 2}
 
 
 def test_balance_to_largest_fills_the_gap_to_the_largest_class() -> None:

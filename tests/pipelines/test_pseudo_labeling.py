@@ -274,3 +274,13 @@ def test_pipeline_runs_in_kedro_and_the_same_seed_gives_the_same_outputs(tmp_pat
     assert first.set_index("image_id").loc[TEST_COPY, "verdict"] == "drop"
     pd.testing.assert_frame_equal(first, again)
     pd.testing.assert_frame_equal(counts, counts_again)
+
+
+def test_guard_only_mode_keeps_every_unguarded_image_under_its_intended_class(world, guarded) -> None:
+    labeled = verdicts(world, guarded, "guard_only", confidence_threshold=0.99)
+
+    guard = labeled["memorised_train"] | labeled["copies_test"]
+    assert (labeled["verdict"] == np.where(guard, "drop", "keep")).all()
+    assert set(labeled["drop_reason"]) <= {"", "memorised_train", "copies_test"}
+    assert (labeled["final_label"] == labeled["label"]).all()
+    assert {TRAIN_COPY, TEST_COPY} <= set(labeled.loc[guard, "image_id"])

@@ -127,7 +127,8 @@ def target_classes(classes: list[str] | str | None, counts: pd.Series) -> list[s
 
 def pool_sizes(counts: pd.Series, targets: list[str], pool: dict[str, Any]) -> dict[str, int]:
     """Synthetic images per target class: ``multiple`` x train count (or the gap to the largest class when
-    ``balance_to_largest``), times ``oversample``, rounded up."""
+    ``balance_to_largest``), times ``oversample``, rounded up. With ``cover_balanced`` (default) a class never
+    gets fewer than its gap to the largest class, so the evaluation's ``balanced`` scenario can draw from it."""
     oversample = _number(pool.get("oversample", 1.0), "generation.pool.oversample")
     if oversample < 1:
         raise ValueError(f"generation.pool.oversample must be at least 1 (got {oversample}): it only adds images")
@@ -139,6 +140,8 @@ def pool_sizes(counts: pd.Series, targets: list[str], pool: dict[str, Any]) -> d
         if multiple <= 0:
             raise ValueError(f"generation.pool.multiple must be positive (got {multiple}): a pool of zero images")
         base = {name: multiple * int(counts[name]) for name in targets}
+        if pool.get("cover_balanced", True):
+            base = {name: max(amount, int(counts.max() - counts[name])) for name, amount in base.items()}
         source = "generation.pool.multiple"
     sizes = {name: math.ceil(round(amount * oversample, 6)) for name, amount in base.items()}
     if sum(sizes.values()) == 0:

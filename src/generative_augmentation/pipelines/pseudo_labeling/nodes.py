@@ -32,7 +32,7 @@ from generative_augmentation.pipelines.feature_clustering.nodes import embedding
 
 logger = logging.getLogger(__name__)
 
-FILTER_MODES = ("filter", "relabel")
+FILTER_MODES = ("filter", "relabel", "guard_only")
 DROP_REASONS = ("copies_test", "memorised_train", "disagrees", "low_confidence")
 STAGES = ("generated", "after_test_copy_guard", "after_memorisation_guard", "after_agreement", "after_confidence")
 SIMILARITY_TOLERANCE = 1e-6  # float32 cosine of an exact copy can land a hair below the threshold
@@ -153,17 +153,19 @@ def apply_filter(
 
     Filter mode keeps an image that passes the guard, agrees with its intended class and has confidence at least
     ``filter.confidence_threshold``; its ``final_label`` is the intended label. Relabel mode (the paper's) keeps
-    a guarded, confident image under its predicted class.
+    a guarded, confident image under its predicted class. Guard-only mode keeps every image that passes the
+    memorisation and leakage guard under its intended class; the labeler's verdict is recorded, not applied (for
+    a labeler too weak to judge, as on RetinaMNIST).
     """
     settings = check_settings(pseudo_labeling)["filter"]
     frame = synthetic_manifest.reset_index(drop=True).merge(predictions, on="image_id", how="left", validate="1:1")
     frame = frame.merge(nearest, on="image_id", how="left", validate="1:1")
-    relabel = settings["mode"] == "relabel"
+    relabel, judged = settings["mode"] == "relabel", settings["mode"] != "guard_only"
     failures = {
         "copies_test": frame["copies_test"].to_numpy(bool),
         "memorised_train": frame["memorised_train"].to_numpy(bool),
-        "disagrees": ~frame["agrees"].to_numpy(bool) & (not relabel),
-        "low_confidence": frame["confidence"].to_numpy(float) < settings["confidence_threshold"],
+        "disagrees": ~frame["agrees"].to_numpy(bool) & (settings["mode"] == "filter"),
+        "low_confidence": (frame["confidence"].to_numpy(float) < settings["confidence_threshold"]) & judged,
     }
     reason = np.full(len(frame), "", dtype=object)
     for name in reversed(DROP_REASONS):  # the first failing check in DROP_REASONS order wins

@@ -1,0 +1,63 @@
+"""Print the latest scenario study of a data folder as Markdown tables (for docs/results.md).
+
+Usage: .venv/bin/python scripts/study_tables.py [DATA_DIR]   (default: data; e.g. data/odir5k)
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+METRICS = [("f1", "macro", "macro-F1"), ("balanced_accuracy", "macro", "bal. acc."), ("auc", "macro", "AUC"),
+           ("precision", "macro", "macro precision"), ("recall", "macro", "macro recall"),
+           ("recall", "minority", "minority recall")]  # fmt: skip
+
+
+def latest(folder: Path, name: str) -> pd.DataFrame:
+    """The newest version of a versioned CSV dataset."""
+    versions = sorted((folder / "08_reporting" / name).glob(f"*/{name}"))
+    if not versions:
+        raise SystemExit(f"No {name} under {folder}/08_reporting: run the evaluation pipeline first")
+    return pd.read_csv(versions[-1])
+
+
+def scenario_table(summary: pd.DataFrame) -> str:
+    """One row per scenario: mean [95% CI] and the paired difference to real for each headline metric."""
+    lines = ["| scenario | " + " | ".join(label for *_, label in METRICS) + " |", "|---" * (len(METRICS) + 1) + "|"]
+    order = summary.drop_duplicates("scenario").sort_values(["kind", "ratio"])["scenario"]
+    for scenario in order:
+        cells = []
+        for metric, class_name, _ in METRICS:
+            row = summary[(summary["scenario"] == scenario) & (summary["metric"] == metric)
+                          & (summary["class_name"] == class_name)]  # fmt: skip
+            if row.empty:
+                cells.append("–")
+                continue
+            r = row.iloc[0]
+            cell = f"{r['mean']:.3f} [{r['low']:.3f}, {r['high']:.3f}]"
+            if scenario != "real":
+                mark = " ✔" if r["wins"] else " ✘" if r["loses"] else ""
+                cell += f"<br>Δ {r['diff_vs_real']:+.3f} [{r['diff_low']:+.3f}, {r['diff_high']:+.3f}]{mark}"
+            cells.append(cell)
+        lines.append(f"| {scenario} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def markdown(frame: pd.DataFrame) -> str:
+    """A plain Markdown table."""
+    header = "| " + " | ".join(map(str, frame.columns)) + " |\n" + "|---" * len(frame.columns) + "|"
+    return header + "".join("\n| " + " | ".join(map(str, row)) + " |" for row in frame.itertuples(index=False))
+
+
+def main() -> None:
+    folder = Path(sys.argv[1] if len(sys.argv) > 1 else "data")
+    print(scenario_table(latest(folder, "scenario_statistics.csv")))
+    quality = next(iter(sorted((folder / "08_reporting" / "generative_quality.csv").glob("*/*.csv"))[-1:]), None)
+    if quality is not None:
+        print("\n" + markdown(pd.read_csv(quality).round(4)))
+
+
+if __name__ == "__main__":
+    main()
