@@ -52,8 +52,10 @@ def markdown(frame: pd.DataFrame) -> str:
 
 
 def main() -> None:
+    """Print the tables; ``auc_ovr`` (the macro AUC's name before it became ``auc``) is read as ``auc``."""
     folder = Path(sys.argv[1] if len(sys.argv) > 1 else "data")
-    print(scenario_table(latest(folder, "scenario_statistics.csv")))
+    summary = latest(folder, "scenario_statistics.csv").replace({"metric": {"auc_ovr": "auc"}})
+    print(scenario_table(summary))
     quality = next(iter(sorted((folder / "08_reporting" / "generative_quality.csv").glob("*/*.csv"))[-1:]), None)
     if quality is not None:
         print("\n" + markdown(pd.read_csv(quality).round(4)))

@@ -142,5 +142,5 @@ def _split_metric_name(name: str) -> dict[str, str]:
     if "." in name:
         metric, class_name = name.split(".", 1)
         return {"metric": metric, "class_name": class_name}
-    metric = name.removeprefix("macro_")
+    metric = {"auc_ovr": "auc"}.get(name, name.removeprefix("macro_"))
     return {"metric": metric, "class_name": "macro"}
