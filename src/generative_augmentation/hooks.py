@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import logging
+import resource
+import sys
+import time
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -107,3 +111,63 @@ def scenario_seed_metrics(rows) -> dict[str, float]:
         if row.value == row.value:  # not NaN
             metrics[key] = float(row.value)
     return metrics
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process so far, in MiB."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
+
+
+class RunTimingHooks:
+    """Wall time per pipeline, and peak memory, of every ``kedro run``: logged at the end of the run and to its
+    MLflow run when one is open (``time_<pipeline>_s``, ``peak_rss_mib``), so one full run gives the per-pipeline
+    table. A node's time runs from its start to the next node's start, so its outputs' saving (and the next
+    node's input loading) count too and the pipelines add up to the whole run."""
+
+    def __init__(self) -> None:
+        self._starts: list[tuple[str, float]] = []
+        self._run_started = 0.0
+
+    @hook_impl
+    def before_pipeline_run(self) -> None:
+        self._starts, self._run_started = [], time.perf_counter()
+
+    @hook_impl
+    def before_node_run(self, node) -> None:
+        self._starts.append((node.name, time.perf_counter()))
+
+    @hook_impl
+    def after_pipeline_run(self) -> None:
+        ended = time.perf_counter()
+        per_pipeline = seconds_per_pipeline(node_intervals(self._starts, self._run_started, ended))
+        total, peak = ended - self._run_started, peak_rss_mib()
+        summary = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in per_pipeline.items())
+        logger.info("Run timing: %s; total %.0f s (%.1f min); peak RSS %.0f MiB", summary, total, total / 60, peak)
+        if mlflow.active_run() is not None:
+            metrics = {f"time_{name}_s": round(seconds, 1) for name, seconds in per_pipeline.items()}
+            mlflow.log_metrics({**metrics, "time_total_s": round(total, 1), "peak_rss_mib": round(peak, 1)})
+
+
+def node_intervals(starts: list[tuple[str, float]], run_started: float, run_ended: float) -> dict[str, float]:
+    """Each node's share of the run: from its start (the run's start for the first) to the next node's start."""
+    names = [name for name, _ in starts]
+    boundaries = [run_started, *[moment for _, moment in starts[1:]], run_ended]
+    return {name: boundaries[index + 1] - boundaries[index] for index, name in enumerate(names)}
+
+
+def seconds_per_pipeline(node_seconds: dict[str, float]) -> dict[str, float]:
+    """Node wall times summed per registered pipeline (in run order); nodes of no named pipeline under ``other``."""
+    from kedro.framework.project import pipelines
+
+    from generative_augmentation.pipeline_registry import PIPELINE_ORDER
+
+    owner = {}
+    for name in reversed(PIPELINE_ORDER):
+        if name in pipelines:
+            owner.update({node.name: name for node in pipelines[name].nodes})
+    totals: dict[str, float] = defaultdict(float)
+    for node_name, seconds in node_seconds.items():
+        totals[owner.get(node_name, "other")] += seconds
+    order = [*PIPELINE_ORDER, "other"]
+    return {name: totals[name] for name in order if name in totals}

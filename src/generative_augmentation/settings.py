@@ -2,9 +2,9 @@
 
 from kedro.config import OmegaConfigLoader
 
-from generative_augmentation.hooks import MlflowArtifactHooks, ReproducibilityHooks, ScenarioRunHooks
+from generative_augmentation.hooks import MlflowArtifactHooks, ReproducibilityHooks, RunTimingHooks, ScenarioRunHooks
 
-HOOKS = (ReproducibilityHooks(), MlflowArtifactHooks(), ScenarioRunHooks())
+HOOKS = (ReproducibilityHooks(), MlflowArtifactHooks(), ScenarioRunHooks(), RunTimingHooks())
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {
