@@ -54,3 +54,31 @@ def test_default_data_runs_through_preparation_assembly_and_evaluation(project: 
         logged = {row[0] for row in db.execute("select key from metrics")}
     assert len(runs) == 1 + 2 * 2  # the parent run and one nested run per scenario and seed
     assert {"real.test_f1", "test_f1", "test_balanced_accuracy"} <= logged
+    assert {"time_data_preparation_s", "time_evaluation_s", "time_total_s", "peak_rss_mib"} <= logged
+
+
+EVALUATION_OUTPUTS = (
+    "data/06_models/classifiers",
+    "data/07_model_output/test_predictions",
+    "data/08_reporting/test_scores",
+    "data/08_reporting/scenario_metrics.csv",
+    "data/08_reporting/report.html",
+)
+
+
+def test_only_missing_outputs_reruns_evaluation_alone(project: Path) -> None:
+    bootstrap_project(project)
+    with KedroSession.create(project_path=project) as session:
+        session.run(pipeline_names=["data_preparation", "hybrid_assembly", "evaluation"])
+    upstream = [project / "data/03_primary/manifest.parquet", *(project / "data/05_model_input").rglob("*.parquet")]
+    stamps = {path: path.stat().st_mtime_ns for path in upstream}
+    for output in EVALUATION_OUTPUTS:
+        shutil.rmtree(project / output)
+
+    with KedroSession.create(project_path=project) as session:
+        session.run(pipeline_names=["data_preparation", "hybrid_assembly", "evaluation"], only_missing_outputs=True)
+
+    assert {path: path.stat().st_mtime_ns for path in upstream} == stamps  # nothing upstream was re-made
+    assert all((project / output).exists() for output in EVALUATION_OUTPUTS)
+    weights = [p for p in (project / "data/06_models/classifiers").rglob("*.safetensors") if p.is_file()]
+    assert len(weights) == 2  # both scenarios retrained, once each

@@ -137,7 +137,7 @@ class RunTimingHooks:
     def before_node_run(self, node) -> None:
         self._starts.append((node.name, time.perf_counter()))
 
-    @hook_impl
+    @hook_impl(tryfirst=True)  # before kedro-mlflow's own hook closes the MLflow run
     def after_pipeline_run(self) -> None:
         ended = time.perf_counter()
         per_pipeline = seconds_per_pipeline(node_intervals(self._starts, self._run_started, ended))
