@@ -2,13 +2,15 @@
 
 Usage (from the project root, after `kedro run --pipelines=data_preparation,generation`):
 
-    .venv/bin/python scripts/benchmark_sampler.py [--env ENV] [--images 250] [--batch-size 125] [--retrain]
+    .venv/bin/python scripts/benchmark_sampler.py [--env ENV] [--images 128] [--batch-size 32]
+        [--sampler dpm_solver_sde|dpm_solver] [--steps N] [--retrain]
 
 One run, one trained model (the latest `generator` in the catalog, or a fresh one trained with the
 `generation` parameters when there is none or with --retrain), one batch size, one set of labels and seeds:
 
-* images per second of the configured sampler (DPM-Solver++, `generation.ddpm.sampling.steps` steps) and of
-  the 1000-step DDPM ancestral sampler, both with the configured guidance scale, and their ratio;
+* images per second of the configured fast sampler (`generation.ddpm.sampling.sampler`: SDE-DPM-Solver++ by
+  default, or DPM-Solver++; `generation.ddpm.sampling.steps` steps) and of the 1000-step DDPM ancestral sampler,
+  both with the configured guidance scale, and their ratio;
 * KID of each sampler's images against the real test images, on EfficientNet-Lite0 ImageNet features (the
   offline network; core.features), with real train against real test as the floor;
 * training steps per second, measured by a short training probe with the configured model and batch size.
@@ -45,6 +47,7 @@ from generative_augmentation.pipelines.generation.nodes import allocate_proporti
 ROOT = Path(__file__).resolve().parents[1]
 TARGET_SPEEDUP = 30.0
 TARGET_KID_RATIO = 1.1
+FAST_SAMPLER_NAMES = {"dpm_solver": "DPM-Solver++", "dpm_solver_sde": "SDE-DPM-Solver++"}
 logger = logging.getLogger("benchmark_sampler")
 
 
@@ -124,44 +127,58 @@ def time_sampler(generator: dict[str, Any], labels: np.ndarray, clusters: np.nda
 
 def markdown(result: dict[str, Any]) -> str:
     """The results as a Markdown table."""
-    fast, slow = result["samplers"]["fast"], result["samplers"]["ddpm_1000"]
+    reference = result["samplers"]["ddpm_1000"]["images_per_second"]
     lines = [
-        "| sampler | steps | images/s | KID x 1000 (mean ± std) |",
-        "|---|---:|---:|---:|",
+        "| sampler | steps | seconds | images/s | speed-up vs DDPM 1000 | KID x 1000 (mean ± std) | KID / DDPM 1000 |",
+        "|---|---:|---:|---:|---:|---:|---:|",
         *[
-            f"| {row['name']} | {row['steps']} | {row['images_per_second']:.3f} | "
-            f"{1000 * row['kid_mean']:.2f} ± {1000 * row['kid_std']:.2f} |"
-            for row in (fast, slow)
+            f"| {row['name']} | {row['steps']} | {row['seconds']:.1f} | {row['images_per_second']:.3f} | "
+            f"{row['images_per_second'] / reference:.1f}x | {1000 * row['kid_mean']:.2f} ± "
+            f"{1000 * row['kid_std']:.2f} | {row['kid_ratio']:.2f} |"
+            for row in result["samplers"].values()
         ],
-        f"| real train vs real test (floor) | – | – | {1000 * result['kid_real_train_mean']:.2f} ± "
-        f"{1000 * result['kid_real_train_std']:.2f} |",
+        f"| real train vs real test (floor) | – | – | – | – | {1000 * result['kid_real_train_mean']:.2f} ± "
+        f"{1000 * result['kid_real_train_std']:.2f} | – |",
         "",
-        f"Speed-up {result['speedup']:.1f}x (target ≥ {TARGET_SPEEDUP:.0f}x); KID ratio fast / 1000-step "
-        f"{result['kid_ratio']:.2f} (target ≤ {TARGET_KID_RATIO}); training {result['train_steps_per_second']:.2f} "
-        f"steps/s at batch {result['train_batch_size']}; {result['images']} images per sampler, batch "
-        f"{result['batch_size']}, guidance {result['guidance_scale']}, {result['device']}, "
-        f"{result['torch_threads']} torch threads. Target met: {result['target_met']}.",
+        f"Configured sampler: speed-up {result['speedup']:.1f}x (target ≥ {TARGET_SPEEDUP:.0f}x), KID ratio "
+        f"{result['kid_ratio']:.2f} (target ≤ {TARGET_KID_RATIO}); target met: {result['target_met']}. Training "
+        f"{result['train_steps_per_second']:.2f} steps/s at batch {result['train_batch_size']}; {result['images']} "
+        f"images per sampler, batch {result['batch_size']}, guidance {result['guidance_scale']}, {result['device']}, "
+        f"{result['torch_threads']} torch threads.",
     ]
     return "\n".join(lines)
 
 
-def main() -> None:
+def parse_arguments() -> argparse.Namespace:
+    """The command line."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--env", default=None, help="Kedro environment (default: base + local)")
-    parser.add_argument("--images", type=int, default=250, help="images per sampler")
-    parser.add_argument("--batch-size", type=int, default=125, help="sampling batch size, the same for both")
+    parser.add_argument("--images", type=int, default=128, help="images per sampler")
+    parser.add_argument("--batch-size", type=int, default=32, help="sampling batch size, the same for both")
+    parser.add_argument("--sampler", default=None, help="dpm_solver_sde | dpm_solver (default: the parameter)")
+    parser.add_argument("--compare", default="dpm_solver,dpm_solver_sde", help="more fast samplers to measure")
     parser.add_argument("--steps", type=int, default=None, help="fast sampler steps (default: the parameter)")
     parser.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the parameter)")
     parser.add_argument("--train-probe-steps", type=int, default=100, help="steps of the training-speed probe")
     parser.add_argument("--feature-size", type=int, default=224, help="EfficientNet-Lite0 input size")
     parser.add_argument("--retrain", action="store_true", help="train a fresh generator even if one is saved")
     parser.add_argument("--output", default=None, help="JSON path (default: <data_dir>/08_reporting/benchmarks/)")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_arguments()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
     params, catalog, data_dir = load_inputs(args.env)
     sampling = params["generation"]["ddpm"].get("sampling") or {}
     steps = args.steps or int(sampling.get("steps", 20))
+    fast_sampler = args.sampler or str(sampling.get("sampler", "dpm_solver"))
+    compared = [name for name in args.compare.split(",") if name and name != fast_sampler]
+    for name in [fast_sampler, *compared]:
+        if name not in FAST_SAMPLER_NAMES:
+            raise SystemExit(f"--sampler, --compare and generation.ddpm.sampling.sampler take fast samplers "
+                             f"({', '.join(FAST_SAMPLER_NAMES)}), got {name!r}")  # fmt: skip
     guidance = args.guidance if args.guidance is not None else float(sampling.get("guidance_scale", 2.0))
     training_set = training_set_for(catalog, params)
     generator, origin = trained_generator(catalog, params, training_set, args.retrain)
@@ -173,7 +190,8 @@ def main() -> None:
     seeds = np.array([derive_seed(params["seed"], "sampler-benchmark", index) for index in range(args.images)])
 
     runs = {
-        "fast": ("dpm_solver", steps, f"DPM-Solver++ ({steps} steps)"),
+        "fast": (fast_sampler, steps, f"{FAST_SAMPLER_NAMES[fast_sampler]} ({steps} steps), configured"),
+        **{name: (name, steps, f"{FAST_SAMPLER_NAMES[name]} ({steps} steps)") for name in compared},
         "ddpm_1000": ("ddpm", config.num_train_timesteps, f"DDPM ancestral ({config.num_train_timesteps} steps)"),
     }
     extractor = EfficientNetLite0Extractor(image_size=args.feature_size)
@@ -192,9 +210,11 @@ def main() -> None:
             "images_per_second": args.images / seconds, "kid_mean": kid_mean, "kid_std": kid_std,
         }  # fmt: skip
         logger.info("%s: %.1f s, KID %.5f ± %.5f", name, seconds, kid_mean, kid_std)
+    for row in samplers.values():
+        row["kid_ratio"] = row["kid_mean"] / max(samplers["ddpm_1000"]["kid_mean"], 1e-12)
     floor_mean, floor_std = kid(real["test"], real["train"], seed=params["seed"])
     speedup = samplers["fast"]["images_per_second"] / samplers["ddpm_1000"]["images_per_second"]
-    kid_ratio = samplers["fast"]["kid_mean"] / max(samplers["ddpm_1000"]["kid_mean"], 1e-12)
+    kid_ratio = samplers["fast"]["kid_ratio"]
     result = {
         "generator": origin, "images": args.images, "batch_size": args.batch_size, "guidance_scale": guidance,
         "samplers": samplers, "speedup": speedup, "kid_ratio": kid_ratio,

@@ -86,7 +86,7 @@ def test_training_loss_is_finite_and_decreases(trained: DDPMTrainingResult) -> N
     assert all(tensor.device.type == "cpu" for tensor in trained.state_dict.values())
 
 
-@pytest.mark.parametrize("sampler", ["dpm_solver", "ddpm"])
+@pytest.mark.parametrize("sampler", ["dpm_solver", "dpm_solver_sde", "ddpm"])
 def test_each_image_depends_only_on_its_own_seed(trained: DDPMTrainingResult, sampler: str) -> None:
     labels, seeds = np.array([0, 1, 0, 1, 1]), [11, 12, 13, 14, 15]
     options = {"num_inference_steps": 8, "sampler": sampler, "progress": False}

@@ -46,7 +46,8 @@ from generative_augmentation.core.runtime import autocast_dtype, derive_seed, pi
 
 logger = logging.getLogger(__name__)
 
-Sampler = Literal["dpm_solver", "ddpm"]
+Sampler = Literal["dpm_solver", "dpm_solver_sde", "ddpm"]
+SAMPLERS = ("dpm_solver", "dpm_solver_sde", "ddpm")
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 TRAINING_LOG_FILE = "training_log.json"
@@ -242,7 +243,8 @@ def sample_ddpm(
 ) -> np.ndarray:
     """Generate one uint8 image (N, H, W, C) per label; image ``i`` depends only on ``seeds[i]``.
 
-    ``sampler="dpm_solver"`` runs DPM-Solver++ for ``num_inference_steps``; ``sampler="ddpm"`` runs
+    ``sampler="dpm_solver"`` runs DPM-Solver++ for ``num_inference_steps``, ``"dpm_solver_sde"`` its stochastic
+    (SDE) variant, which adds fresh noise at each step from the image's own generator; ``sampler="ddpm"`` runs
     ancestral DDPM sampling over all ``config.num_train_timesteps`` steps (``num_inference_steps`` is
     ignored). Guidance: ``eps = eps_uncond + guidance_scale * (eps_cond - eps_uncond)``.
     """
@@ -250,8 +252,8 @@ def sample_ddpm(
     seeds = np.asarray(seeds, dtype=np.int64).reshape(-1)
     if len(seeds) != len(conditions):
         raise ValueError(f"{len(seeds)} seeds for {len(conditions)} labels: give one seed per image")
-    if sampler not in ("dpm_solver", "ddpm"):
-        raise ValueError(f"Unknown sampler {sampler!r}: use 'dpm_solver' or 'ddpm'")
+    if sampler not in SAMPLERS:
+        raise ValueError(f"Unknown sampler {sampler!r}: use one of {', '.join(SAMPLERS)}")
     target_device = pick_device(device)
     model = build_unet(config)
     model.load_state_dict(state_dict)
@@ -443,7 +445,7 @@ def _inference_scheduler(config: DDPMConfig, sampler: Sampler) -> DDPMScheduler 
         num_train_timesteps=config.num_train_timesteps,
         beta_schedule=config.beta_schedule,
         prediction_type=config.prediction_type,
-        algorithm_type="dpmsolver++",
+        algorithm_type="sde-dpmsolver++" if sampler == "dpm_solver_sde" else "dpmsolver++",
         # Clip each step's x0 estimate to the data range [-1, 1], as the DDPM sampler's clip_sample does: without
         # it, epsilon prediction at t ~ T (alpha ~ 0 under squaredcos_cap_v2) blows the first step up to noise.
         thresholding=True,
