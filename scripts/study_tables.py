@@ -1,6 +1,9 @@
 """Print the latest scenario study of a data folder as Markdown tables (for docs/results.md).
 
-Usage: .venv/bin/python scripts/study_tables.py [DATA_DIR]   (default: data; e.g. data/odir5k)
+Usage: .venv/bin/python scripts/study_tables.py [DATA_DIR] [SCENARIO ...]   (default: data; e.g. data/odir5k)
+
+The scenarios named after the folder get a per-class precision / recall table beside `real` (the paper's
+per-class figures compare to it).
 """
 
 from __future__ import annotations
@@ -45,6 +48,23 @@ def scenario_table(summary: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def per_class_table(summary: pd.DataFrame, scenarios: list[str]) -> str:
+    """Per-class precision and recall (mean over seeds, %) of `real` and the given scenarios."""
+    rows = summary[summary["metric"].isin(["precision", "recall"]) & ~summary["class_name"].isin(["macro", "minority"])]
+    columns = [(scenario, metric) for scenario in ["real", *scenarios] for metric in ("precision", "recall")]
+    lines = ["| class | " + " | ".join(f"{scenario} {metric}" for scenario, metric in columns) + " |",
+             "|---" + "|---:" * len(columns) + "|"]  # fmt: skip
+    for class_name in sorted(rows["class_name"].unique()):
+        cells = []
+        for scenario, metric in columns:
+            match = rows[
+                (rows["scenario"] == scenario) & (rows["metric"] == metric) & (rows["class_name"] == class_name)
+            ]
+            cells.append(f"{100 * match['mean'].iloc[0]:.1f}" if len(match) else "–")
+        lines.append(f"| {class_name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def markdown(frame: pd.DataFrame) -> str:
     """A plain Markdown table."""
     header = "| " + " | ".join(map(str, frame.columns)) + " |\n" + "|---" * len(frame.columns) + "|"
@@ -56,6 +76,8 @@ def main() -> None:
     folder = Path(sys.argv[1] if len(sys.argv) > 1 else "data")
     summary = latest(folder, "scenario_statistics.csv").replace({"metric": {"auc_ovr": "auc"}})
     print(scenario_table(summary))
+    if len(sys.argv) > 2:
+        print("\n" + per_class_table(summary, sys.argv[2:]))
     quality = next(iter(sorted((folder / "08_reporting" / "generative_quality.csv").glob("*/*.csv"))[-1:]), None)
     if quality is not None:
         print("\n" + markdown(pd.read_csv(quality).round(4)))
