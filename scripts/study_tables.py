@@ -18,10 +18,12 @@ METRICS = [("f1", "macro", "macro-F1"), ("balanced_accuracy", "macro", "bal. acc
            ("recall", "minority", "minority recall")]  # fmt: skip
 
 
-def latest(folder: Path, name: str) -> pd.DataFrame:
-    """The newest version of a versioned CSV dataset."""
+def latest(folder: Path, name: str, required: bool = True) -> pd.DataFrame | None:
+    """The newest version of a versioned CSV dataset (None when absent and not required)."""
     versions = sorted((folder / "08_reporting" / name).glob(f"*/{name}"))
     if not versions:
+        if not required:
+            return None
         raise SystemExit(f"No {name} under {folder}/08_reporting: run the evaluation pipeline first")
     return pd.read_csv(versions[-1])
 
@@ -78,9 +80,9 @@ def main() -> None:
     print(scenario_table(summary))
     if len(sys.argv) > 2:
         print("\n" + per_class_table(summary, sys.argv[2:]))
-    quality = next(iter(sorted((folder / "08_reporting" / "generative_quality.csv").glob("*/*.csv"))[-1:]), None)
+    quality = latest(folder, "generative_quality.csv", required=False)
     if quality is not None:
-        print("\n" + markdown(pd.read_csv(quality).round(4)))
+        print("\n" + markdown(quality.round(4)))
 
 
 if __name__ == "__main__":

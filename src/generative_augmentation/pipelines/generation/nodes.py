@@ -29,7 +29,8 @@ from PIL import Image
 
 from generative_augmentation.core.checkpoints import METADATA_FILE, config_differences, latest_checkpoint
 from generative_augmentation.core.ddpm import RESUMABLE_FIELDS as DDPM_RESUMABLE_FIELDS
-from generative_augmentation.core.ddpm import SAMPLERS, DDPMConfig, sample_ddpm, train_ddpm
+from generative_augmentation.core.ddpm import SAMPLERS as DDPM_SAMPLERS
+from generative_augmentation.core.ddpm import DDPMConfig, sample_ddpm, train_ddpm
 from generative_augmentation.core.images import array_to_pil, channels_for, stack_partitions, to_array
 from generative_augmentation.core.plots import image_grid, loss_curve
 from generative_augmentation.core.runtime import derive_seed, numpy_rng
@@ -52,7 +53,6 @@ logger = logging.getLogger(__name__)
 GENERATORS = ("ddpm", "stable_diffusion")
 SD_MODES = ("text_to_image", "image_to_image")
 SD_SAMPLERS = ("dpm_solver", "default")
-DDPM_SAMPLERS = SAMPLERS
 CLUSTER_MODES = ("auto", "true", "false")
 NO_CLUSTER = -1
 MANIFEST_COLUMNS = [
