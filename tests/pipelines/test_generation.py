@@ -314,6 +314,7 @@ def test_a_rerun_resumes_from_checkpoints_and_refuses_a_changed_configuration(
         ({"classes": []}, "generation.classes is an empty list"),
         ({"min_train_images_per_class": 5}, "Class 'c2' has 4 train images.*generation.min_train_images_per_class"),
         ({"generator": "gan"}, "generation.generator must be one of"),
+        ({"ddpm": {"sampling": {"sampler": "euler"}}}, "ddpm.sampling.sampler must be one of.*dpm_solver_sde"),
     ],
 )
 def test_bad_parameters_are_named(data: tuple[pd.DataFrame, dict], overrides: dict, message: str) -> None:
