@@ -14,8 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 METRICS = [("f1", "macro", "macro-F1"), ("balanced_accuracy", "macro", "bal. acc."), ("auc", "macro", "AUC"),
-           ("precision", "macro", "macro precision"), ("recall", "macro", "macro recall"),
-           ("recall", "minority", "minority recall")]  # fmt: skip
+           ("precision", "macro", "macro precision"), ("recall", "minority", "minority recall")]  # fmt: skip
 
 
 def latest(folder: Path, name: str, required: bool = True) -> pd.DataFrame | None:
@@ -43,8 +42,7 @@ def scenario_table(summary: pd.DataFrame) -> str:
             r = row.iloc[0]
             cell = f"{r['mean']:.3f} [{r['low']:.3f}, {r['high']:.3f}]"
             if scenario != "real":
-                mark = " ✔" if r["wins"] else " ✘" if r["loses"] else ""
-                cell += f"<br>Δ {r['diff_vs_real']:+.3f} [{r['diff_low']:+.3f}, {r['diff_high']:+.3f}]{mark}"
+                cell += f"<br>Δ {r['diff_vs_real']:+.3f} [{r['diff_low']:+.3f}, {r['diff_high']:+.3f}]"
             cells.append(cell)
         lines.append(f"| {scenario} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -74,9 +72,9 @@ def markdown(frame: pd.DataFrame) -> str:
 
 
 def main() -> None:
-    """Print the tables; ``auc_ovr`` (the macro AUC's name before it became ``auc``) is read as ``auc``."""
+    """Print the tables."""
     folder = Path(sys.argv[1] if len(sys.argv) > 1 else "data")
-    summary = latest(folder, "scenario_statistics.csv").replace({"metric": {"auc_ovr": "auc"}})
+    summary = latest(folder, "scenario_statistics.csv")
     print(scenario_table(summary))
     if len(sys.argv) > 2:
         print("\n" + per_class_table(summary, sys.argv[2:]))

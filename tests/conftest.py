@@ -35,6 +35,27 @@ def write_npz(path: Path, counts: dict[str, list[int]], size: int = 16, seed: in
     return path
 
 
+def study_data(
+    counts: dict[str, list[int]], size: int = 16, class_names: list[str] | None = None, seed: int = 0
+) -> tuple[pd.DataFrame, dict[str, Image.Image]]:
+    """A manifest like data_preparation's and its PNG partitions ``<split>/<class>/<image_id>``;
+    ``counts[split]`` lists the images per class."""
+    names = class_names or [f"c{label}" for label in range(len(next(iter(counts.values()))))]
+    rng = np.random.default_rng(seed)
+    rows, images = [], {}
+    for split, per_class in counts.items():
+        for label, count in enumerate(per_class):
+            for index in range(count):
+                image_id = f"{split}_{label}_{index:03d}"
+                key = f"{split}/{names[label]}/{image_id}"
+                images[key] = Image.fromarray(class_image(label, rng, size))
+                rows.append({
+                    "image_id": image_id, "patient_id": image_id, "label": label, "class_code": str(label),
+                    "class_name": names[label], "split": split, "image_key": key,
+                })  # fmt: skip
+    return pd.DataFrame(rows), images
+
+
 @pytest.fixture
 def tiny_npz(tmp_path: Path) -> Path:
     return write_npz(tmp_path / "tiny.npz", {"train": [24, 12, 8], "val": [6, 4, 4], "test": [8, 5, 5]})

@@ -1,9 +1,18 @@
-"""Project hooks that need no Kedro session: run timing and per-scenario MLflow metrics."""
+"""Project hooks: run timing, per-scenario MLflow metrics, MLflow artifacts logged by type."""
 
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import mlflow
 import pandas as pd
 import pytest
+from matplotlib.figure import Figure
 
-from generative_augmentation.hooks import node_intervals, peak_rss_mib, scenario_seed_metrics, seconds_per_pipeline
+from generative_augmentation.core.runtime import peak_rss_mib
+from generative_augmentation.hooks import log_artifact, node_intervals, scenario_metrics, seconds_per_pipeline
 
 
 def test_node_intervals_cover_the_whole_run() -> None:
@@ -27,13 +36,50 @@ def test_seconds_per_pipeline_follows_the_registered_pipelines() -> None:
     assert list(totals) == ["data_preparation", "evaluation", "other"]  # run order, not arrival order
 
 
-def test_peak_memory_is_positive() -> None:
-    assert peak_rss_mib() > 10
+def test_peak_memory_reads_the_kernels_high_water_mark_in_mib(monkeypatch: pytest.MonkeyPatch) -> None:
+    import resource
+
+    usage = SimpleNamespace(ru_maxrss=3 * 1024 * 1024)  # Linux reports KiB, macOS bytes
+    monkeypatch.setattr(resource, "getrusage", lambda who: usage)
+    monkeypatch.setattr(sys, "platform", "linux")
+    assert peak_rss_mib() == 3072.0
+    monkeypatch.setattr(sys, "platform", "darwin")
+    assert peak_rss_mib() == 3.0
 
 
-def test_scenario_seed_metrics_names_macro_and_class_rows_and_drops_nan() -> None:
-    rows = pd.DataFrame({
-        "metric": ["f1", "recall", "auc"], "class_name": ["macro", "glaucoma", "macro"],
-        "value": [0.5, 0.25, float("nan")],
-    })  # fmt: skip
-    assert scenario_seed_metrics(rows) == {"test_f1": 0.5, "test_recall.glaucoma": 0.25}
+def test_scenario_metrics_name_macro_and_class_rows_and_drop_nan() -> None:
+    rows = pd.DataFrame(
+        {
+            "metric": ["f1", "recall", "auc"],
+            "class_name": ["macro", "glaucoma", "macro"],
+            "value": [0.5, 0.25, float("nan")],
+        }
+    )
+    assert scenario_metrics(rows) == {"test_f1": 0.5, "test_recall.glaucoma": 0.25}
+
+
+def test_saved_objects_are_logged_to_mlflow_by_type(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    figure = Figure()
+    figure.add_subplot().plot([0, 1], [1, 0])
+    record = {"state_dict": {"w": __import__("torch").ones(2)}, "config": {"classifier": {"width": 4}}}
+    with mlflow.start_run(
+        experiment_id=mlflow.create_experiment("hooks", artifact_location=str(tmp_path / "artifacts"))
+    ) as run:
+        log_artifact(figure, "plots", "curve")
+        log_artifact({"a.png": figure}, "plots", "maps")
+        log_artifact(pd.DataFrame({"x": [1, 2]}), "reporting", "table")
+        log_artifact("<html></html>", "reporting", "report")
+        log_artifact({"threshold": 0.5}, "reporting", "guard")
+        log_artifact(record, "models", "labeler")
+    client = mlflow.tracking.MlflowClient()
+    listed = {
+        item.path
+        for folder in ("plots", "reporting", "models")
+        for item in client.list_artifacts(run.info.run_id, folder)
+    }
+    assert {"plots/curve.png", "plots/maps", "reporting/table.csv", "reporting/report.html", "reporting/guard.json",
+            "models/labeler.safetensors"} <= listed  # fmt: skip
+    table = Path(client.download_artifacts(run.info.run_id, "reporting/table.csv", str(tmp_path)))
+    assert table.read_text().splitlines() == ["x", "1", "2"]

@@ -1,46 +1,55 @@
-"""Project hooks: global seeding, and MLflow artifacts for versioned datasets."""
+"""Project hooks: threads and determinism, MLflow artifacts and nested runs, run timing."""
 
 from __future__ import annotations
 
 import logging
-import resource
-import sys
+import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import mlflow
+import pandas as pd
 from kedro.framework.hooks import hook_impl
+from matplotlib.figure import Figure
 
-from generative_augmentation.core.runtime import seed_everything
-from generative_augmentation.scenarios import configured_scenarios, remember_parameters
+from generative_augmentation.core.generators import Generator
+from generative_augmentation.core.runtime import RuntimeConfig, apply_runtime, peak_rss_mib
+from generative_augmentation.datasets.safetensors_model import SafetensorsModelDataset
 
 logger = logging.getLogger(__name__)
 
 
 class ReproducibilityHooks:
-    """Seed every library from the one ``seed`` parameter before any node runs."""
+    """Set torch's threads and deterministic kernels from ``runtime`` before any node runs, and record them."""
+
+    def __init__(self) -> None:
+        self.settings: dict[str, Any] = {}
 
     @hook_impl
     def after_context_created(self, context) -> None:
-        # config_loader, not context.params: reading params validates them against the pipelines, which are
-        # built from these very parameters (the scenario list).
-        parameters = dict(context.config_loader["parameters"])
-        remember_parameters(parameters)
-        seed = int(parameters.get("seed", 0))
-        seed_everything(seed)
-        logger.info("Global seed set to %d", seed)
+        # config_loader, not context.params: reading params validates them against the pipelines, which are built
+        # from these very parameters (the scenario arms).
+        parameters = context.config_loader["parameters"]
+        self.settings = apply_runtime(RuntimeConfig.parse(parameters.get("runtime")))
+
+    @hook_impl
+    def before_pipeline_run(self) -> None:
+        if mlflow.active_run() is not None and self.settings:
+            mlflow.log_params({f"runtime.{key}": value for key, value in self.settings.items()})
 
 
 class MlflowArtifactHooks:
-    """Log the file a dataset just saved as an MLflow artifact when its metadata names an artifact path.
-
-    kedro-mlflow's MlflowArtifactDataset cannot wrap a ``versioned: true`` dataset under Kedro 1.x (the wrapped
-    dataset gets its own save version and the catalog refuses it), so versioned files are logged here instead:
+    """Log what a dataset just saved as an MLflow artifact when its metadata names an artifact path:
 
         metadata:
           mlflow_artifact_path: plots
+
+    The saved object is logged by type (figures, tables, text, JSON; model records through their own files), so
+    no private attribute of a Kedro dataset is read. kedro-mlflow's MlflowArtifactDataset cannot wrap a
+    ``versioned: true`` dataset under Kedro 1.x, hence this hook.
     """
 
     def __init__(self) -> None:
@@ -54,56 +63,68 @@ class MlflowArtifactHooks:
     def after_dataset_saved(self, dataset_name: str, data: Any, node) -> None:
         if self._catalog is None or mlflow.active_run() is None:
             return
-        dataset = self._catalog.get(dataset_name) if hasattr(self._catalog, "get") else None
+        dataset = self._catalog.get(dataset_name)
         artifact_path = ((getattr(dataset, "metadata", None) or {}).get("mlflow_artifact_path")) if dataset else None
-        if artifact_path is None:
-            return
-        path = saved_path(dataset)
-        if path is None or not Path(path).exists():
-            logger.warning("Cannot log %s to MLflow: no saved file found", dataset_name)
-            return
-        if Path(path).is_dir():
-            mlflow.log_artifacts(path, artifact_path=artifact_path)
-        else:
-            mlflow.log_artifact(path, artifact_path=artifact_path)
+        if artifact_path is not None:
+            log_artifact(data, artifact_path, dataset_name.rsplit(".", 1)[-1])
 
 
-def saved_path(dataset) -> str | None:
-    """The local path a (possibly versioned) file dataset last saved to."""
-    from kedro.io.core import get_filepath_str
-
-    protocol = getattr(dataset, "_protocol", "file")
-    if getattr(dataset, "_version", None) is not None:
-        return get_filepath_str(dataset._get_load_path(), protocol)
-    filepath = getattr(dataset, "_filepath", None)
-    return str(filepath) if filepath is not None else None
+def log_artifact(data: Any, artifact_path: str, name: str) -> None:
+    """Log one saved object under ``artifact_path``: by its type, as a user would want to open it."""
+    if isinstance(data, Figure):
+        mlflow.log_figure(data, f"{artifact_path}/{name}.png")
+    elif isinstance(data, Mapping) and data and all(isinstance(value, Figure) for value in data.values()):
+        for key, figure in data.items():
+            mlflow.log_figure(figure, f"{artifact_path}/{name}/{key}")
+    elif isinstance(data, pd.DataFrame):
+        mlflow.log_text(data.to_csv(index=False), f"{artifact_path}/{name}.csv")
+    elif isinstance(data, str):
+        mlflow.log_text(
+            data, f"{artifact_path}/{name}.html" if data.lstrip().startswith("<") else f"{artifact_path}/{name}.txt"
+        )
+    elif isinstance(data, Generator):
+        with tempfile.TemporaryDirectory() as folder:
+            mlflow.log_artifacts(str(data.save(folder)), artifact_path)
+    elif isinstance(data, Mapping) and "state_dict" in data:
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / f"{name}.safetensors"
+            SafetensorsModelDataset(str(path)).save(dict(data))
+            mlflow.log_artifact(str(path), artifact_path)
+    elif isinstance(data, Mapping):
+        mlflow.log_dict(dict(data), f"{artifact_path}/{name}.json")
+    else:
+        logger.warning("Not logged to MLflow: %s (%s) has no artifact form", name, type(data).__name__)
 
 
 class ScenarioRunHooks:
-    """One nested MLflow run per scenario and seed under the ``kedro run``'s parent run.
+    """One nested MLflow run per scenario and replicate under the ``kedro run``'s parent run, carrying the
+    scenario's name, kind and ratio and the replicate as parameters and that replicate's test metrics."""
 
-    Each nested run carries the scenario's name, kind, ratio and seed as parameters and that seed's test metrics,
-    so ``mlflow ui`` can compare scenarios side by side.
-    """
+    def __init__(self) -> None:
+        self.scenarios: dict[str, Any] = {}
+
+    @hook_impl
+    def after_context_created(self, context) -> None:
+        self.scenarios = dict(context.config_loader["parameters"].get("scenarios") or {})
 
     @hook_impl
     def after_node_run(self, node, outputs: dict[str, Any]) -> None:
         if not node.name.endswith("score_on_test") or mlflow.active_run() is None:
             return
         scenario = node.namespace or node.name.split(".")[0]
-        spec = configured_scenarios().get(scenario, {"kind": "unknown", "ratio": 0.0})
+        spec = self.scenarios.get(scenario) or {}
         table = outputs.get(f"{scenario}.test_scores")
         if table is None:
             return
-        for seed, rows in table.groupby("seed"):
-            with mlflow.start_run(run_name=f"{scenario} seed {seed}", nested=True):
-                mlflow.log_params(
-                    {"scenario": scenario, "kind": spec["kind"], "ratio": spec["ratio"], "seed": int(seed)}
-                )
-                mlflow.log_metrics(scenario_seed_metrics(rows))
+        for replicate, rows in table.groupby("replicate"):
+            with mlflow.start_run(run_name=f"{scenario} replicate {replicate}", nested=True):
+                mlflow.set_tags({"scenario": scenario, "kind": spec.get("kind", "real")})
+                mlflow.log_params({"scenario": scenario, "kind": spec.get("kind", "real"),
+                                   "ratio": spec.get("ratio", 0.0), "replicate": int(replicate)})  # fmt: skip
+                mlflow.log_metrics(scenario_metrics(rows))
 
 
-def scenario_seed_metrics(rows) -> dict[str, float]:
+def scenario_metrics(rows: pd.DataFrame) -> dict[str, float]:
     """``test_<metric>`` for macro rows and ``test_<metric>.<class>`` per class; NaNs left out."""
     metrics = {}
     for row in rows.itertuples(index=False):
@@ -111,12 +132,6 @@ def scenario_seed_metrics(rows) -> dict[str, float]:
         if row.value == row.value:  # not NaN
             metrics[key] = float(row.value)
     return metrics
-
-
-def peak_rss_mib() -> float:
-    """Peak resident memory of this process so far, in MiB."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
 
 
 class RunTimingHooks:

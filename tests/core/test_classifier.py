@@ -1,3 +1,5 @@
+"""Classifiers: architectures, the step-budget training loop with selection on validation, records."""
+
 from pathlib import Path
 
 import numpy as np
@@ -6,13 +8,16 @@ import torch
 from safetensors.torch import save_file
 
 from generative_augmentation.core.classifier import (
-    TrainingConfig,
+    ClassifierConfig,
     build_classifier,
     class_weight_vector,
-    embed,
+    classifier_from_record,
+    classifier_record,
     predict_proba,
     train_classifier,
 )
+from generative_augmentation.core.config import ConfigError
+from generative_augmentation.core.images import AugmentationConfig, ImageSpec
 from tests.conftest import class_image
 
 
@@ -24,7 +29,7 @@ def easy_data(per_class: int, classes: int = 3, seed: int = 0, size: int = 16):
 
 @pytest.mark.parametrize("architecture", ["small_cnn", "resnet18", "vgg19"])
 def test_architectures_give_logits_and_features(architecture: str) -> None:
-    model = build_classifier(architecture, num_classes=4, image_size=16).eval()
+    model = build_classifier(ClassifierConfig(architecture=architecture), num_classes=4, image_size=16).eval()
     with torch.no_grad():
         logits = model(torch.rand(2, 3, 16, 16))
         features = model.forward_features(torch.rand(2, 3, 16, 16))
@@ -32,59 +37,97 @@ def test_architectures_give_logits_and_features(architecture: str) -> None:
     assert features.shape[0] == 2 and features.ndim == 2
 
 
-def test_efficientnet_lite0_loads_offline_imagenet_weights() -> None:
-    pretrained = build_classifier("efficientnet_lite0", 3, 32)
-    random = build_classifier("efficientnet_lite0", 3, 32, pretrained=False)
+def test_efficientnet_lite0_loads_offline_imagenet_weights_and_takes_grayscale() -> None:
+    pretrained = build_classifier(ClassifierConfig(architecture="efficientnet_lite0"), 3, 32)
+    random = build_classifier(ClassifierConfig(architecture="efficientnet_lite0", pretrained=False), 3, 32)
     name = "backbone.network._conv_stem.weight"
     assert not torch.equal(pretrained.state_dict()[name], random.state_dict()[name])
     assert pretrained.input_size == 64
+    grey = build_classifier(ClassifierConfig(architecture="efficientnet_lite0", pretrained=False), 2, 32, in_channels=1)
+    assert grey.eval()(torch.rand(2, 1, 32, 32)).shape == (2, 2)
 
 
 def test_grayscale_input_is_supported() -> None:
-    model = build_classifier("small_cnn", 2, 16, in_channels=1)
+    model = build_classifier(ClassifierConfig(), 2, 16, in_channels=1)
     assert model(torch.rand(3, 1, 16, 16)).shape == (3, 2)
 
 
-def test_unknown_architecture_is_named() -> None:
-    with pytest.raises(ValueError, match="Unknown classifier architecture 'alexnet'"):
-        build_classifier("alexnet", 3, 16)
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"architecture": "alexnet"}, r"classifier.architecture must be one of \['small_cnn'"),
+        ({"epochs": 3}, r"Unknown parameter\(s\) classifier.epochs"),
+        ({"steps": 0}, r"classifier.steps must be at least 1, got 0"),
+        ({"batch_size": 0}, r"classifier.batch_size must be at least 1, got 0"),
+        ({"learning_rate": -1}, r"classifier.learning_rate must be positive"),
+        ({"class_weights": "inverse"}, r"classifier.class_weights"),
+    ],
+)
+def test_bad_classifier_parameters_are_named(values: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        ClassifierConfig.parse(values)
 
 
-def test_unknown_training_parameter_is_named() -> None:
-    with pytest.raises(ValueError, match=r"\['epoch'\]"):
-        TrainingConfig.from_dict({"epoch": 3})
-
-
-def test_training_learns_and_restores_best_checkpoint() -> None:
+def test_training_learns_and_restores_the_best_weights_on_validation() -> None:
     train, val = easy_data(20), easy_data(6, seed=1)
-    config = TrainingConfig(epochs=6, batch_size=16, learning_rate=3e-3, patience=3, seed=0)
-    model, result = train_classifier(train, val, config, num_classes=3, progress=False)
+    config = ClassifierConfig(steps=40, eval_every=5, batch_size=16, learning_rate=3e-3, patience=8)
+    model, result = train_classifier(train, val, config, num_classes=3, seed=0, progress=False)
     assert result.best_val_macro_f1 >= 0.9
-    assert result.best_val_macro_f1 == max(h["val_macro_f1"] for h in result.history)
+    assert result.best_val_macro_f1 == max(entry["val_macro_f1"] for entry in result.history)
+    assert [entry["step"] for entry in result.history][:2] == [5, 10] and len(result.losses) <= 40
     for name, tensor in model.state_dict().items():
         assert torch.equal(tensor.cpu(), result.state_dict[name])
     proba = predict_proba(model, val[0])
     assert proba.shape == (18, 3) and np.allclose(proba.sum(1), 1, atol=1e-5)
-    assert embed(model, val[0]).shape == (18, 128)
 
 
-def test_same_seed_same_weights() -> None:
+def test_every_arm_gets_the_same_number_of_optimiser_steps_whatever_its_size() -> None:
+    val = easy_data(3, seed=1)
+    config = ClassifierConfig(steps=12, eval_every=4, batch_size=8, patience=100)
+    small = train_classifier(easy_data(4), val, config, 3, seed=0, progress=False)[1]
+    large = train_classifier(easy_data(40), val, config, 3, seed=0, progress=False)[1]
+    assert len(small.losses) == len(large.losses) == 12
+
+
+def test_early_stopping_after_patience_evaluations_without_improvement() -> None:
+    train, val = easy_data(10), easy_data(3, seed=1)
+    config = ClassifierConfig(steps=200, eval_every=2, batch_size=8, patience=2, learning_rate=1e-9)
+    _, result = train_classifier(train, val, config, 3, seed=0, progress=False)
+    assert (
+        len(result.losses) < 200
+        and len(result.history) == result.history.index(max(result.history, key=lambda e: e["val_macro_f1"])) + 3
+    )
+
+
+def test_same_seed_same_weights_other_seed_other_weights_with_augmentation() -> None:
     train, val = easy_data(8), easy_data(3, seed=1)
-    config = TrainingConfig(epochs=2, batch_size=8, seed=5)
-    runs = [train_classifier(train, val, config, 3, progress=False)[1] for _ in range(2)]
+    config = ClassifierConfig(steps=6, eval_every=3, batch_size=8)
+    augmentation = AugmentationConfig(vertical_flip=True)
+    runs = [
+        train_classifier(train, val, config, 3, seed=5, augmentation=augmentation, progress=False)[1] for _ in range(2)
+    ]
+    other = train_classifier(train, val, config, 3, seed=6, augmentation=augmentation, progress=False)[1]
+    assert runs[0].losses == runs[1].losses and runs[0].losses != other.losses
     for name in runs[0].state_dict:
         assert torch.equal(runs[0].state_dict[name], runs[1].state_dict[name])
 
 
-def test_local_weights_file_is_loaded(tmp_path: Path) -> None:
-    source = build_classifier("small_cnn", 3, 16)
+def test_records_rebuild_the_classifier_and_local_weights_load(tmp_path: Path) -> None:
+    source = build_classifier(ClassifierConfig(), 3, 16)
+    record = classifier_record(
+        {f"replicate_0.{k}": v for k, v in source.state_dict().items()},
+        ClassifierConfig(),
+        ["a", "b", "c"],
+        ImageSpec(size=16),
+    )
+    rebuilt = classifier_from_record(record, "replicate_0.")
+    assert torch.equal(rebuilt.head.weight, source.head.weight)
     save_file({k: v.contiguous() for k, v in source.state_dict().items()}, tmp_path / "w.safetensors")
-    loaded = build_classifier("small_cnn", 3, 16, weights_path=tmp_path / "w.safetensors")
+    loaded = build_classifier(ClassifierConfig(weights_path=str(tmp_path / "w.safetensors")), 3, 16)
     assert torch.equal(loaded.head.weight, source.head.weight)
-    with pytest.raises(FileNotFoundError, match="missing.pt"):
-        build_classifier("small_cnn", 3, 16, weights_path=tmp_path / "missing.pt")
+    with pytest.raises(FileNotFoundError, match=r"missing.pt.*classifier.weights_path"):
+        build_classifier(ClassifierConfig(weights_path=str(tmp_path / "missing.pt")), 3, 16)
 
 
 def test_balanced_class_weights() -> None:
-    weights = class_weight_vector(np.array([0, 0, 0, 1]), 3)
-    assert weights.tolist() == pytest.approx([4 / 9, 4 / 3, 0.0])
+    assert class_weight_vector(np.array([0, 0, 0, 1]), 3).tolist() == pytest.approx([4 / 9, 4 / 3, 0.0])

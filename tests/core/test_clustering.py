@@ -9,12 +9,14 @@ import pandas as pd
 import pytest
 
 from generative_augmentation.core.clustering import (
-    CLUSTER_COLUMNS,
+    CLUSTERS_COLUMNS,
+    ClusteringConfig,
     choose_k_by_silhouette,
     cluster_class,
-    cluster_per_class,
+    cluster_classes,
     cohesion_score,
 )
+from generative_augmentation.core.config import ConfigError
 
 
 def _blobs(n_blobs: int, per_blob: int, seed: int = 0, dim: int = 12) -> np.ndarray:
@@ -54,8 +56,12 @@ def test_clusters_are_flagged_below_the_cohesion_threshold() -> None:
     vectors = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
     cohesion = (math.sqrt(2) - 1) / 3
 
-    loose = cluster_class(vectors, k=1, n_representatives=3, cohesion_threshold=cohesion + 0.01, seed=0)
-    tight = cluster_class(vectors, k=1, n_representatives=3, cohesion_threshold=cohesion - 0.01, seed=0)
+    loose = cluster_class(
+        vectors, ClusteringConfig(k=1, n_representatives=3, cohesion_threshold=cohesion + 0.01), seed=0
+    )
+    tight = cluster_class(
+        vectors, ClusteringConfig(k=1, n_representatives=3, cohesion_threshold=cohesion - 0.01), seed=0
+    )
 
     assert loose.cohesion[0] == pytest.approx(cohesion)
     assert loose.flagged.tolist() == [True]
@@ -65,7 +71,7 @@ def test_clusters_are_flagged_below_the_cohesion_threshold() -> None:
 def test_representatives_are_the_members_nearest_each_centroid() -> None:
     features = _blobs(3, 12, seed=1)
 
-    result = cluster_class(features, n_representatives=4, seed=0)
+    result = cluster_class(features, ClusteringConfig(n_representatives=4, cohesion_threshold=0.5), seed=0)
 
     unit = features / np.linalg.norm(features, axis=1, keepdims=True)
     assert result.k == 3
@@ -81,45 +87,44 @@ def test_representatives_are_the_members_nearest_each_centroid() -> None:
     assert not result.flagged.any()
 
 
-def test_cluster_per_class_returns_one_deterministic_row_per_image() -> None:
-    features = np.concatenate([_blobs(2, 10, seed=2), _blobs(3, 8, seed=3)])
-    labels = np.array(["grade 0"] * 20 + ["grade 1"] * 24)
+def train_rows(labels: list[str]) -> pd.DataFrame:
+    names = sorted(set(labels))
+    return pd.DataFrame({"image_id": [f"img_{i}" for i in range(len(labels))], "class_name": labels,
+                         "label": [names.index(name) for name in labels]})  # fmt: skip
 
-    table = cluster_per_class(features, labels, n_representatives=2, seed=5)
-    again = cluster_per_class(features, labels, n_representatives=2, seed=5)
+
+def test_cluster_classes_returns_one_deterministic_row_per_image_and_a_summary() -> None:
+    features = np.concatenate([_blobs(2, 10, seed=2), _blobs(3, 8, seed=3)])
+    train = train_rows(["grade 0"] * 20 + ["grade 1"] * 24)
+    config = ClusteringConfig(n_representatives=2, k_range=(2, 6))
+
+    table, summary = cluster_classes(features, train, config, seed=5, progress=False)
+    again, _ = cluster_classes(features, train, config, seed=5, progress=False)
 
     pd.testing.assert_frame_equal(table, again)
-    assert tuple(table.columns) == CLUSTER_COLUMNS
-    assert table["row_index"].tolist() == list(range(44))
-    assert table["label"].tolist() == labels.tolist()
-    clusters_per_class = table.groupby("label")["cluster"].nunique().to_dict()
-    assert clusters_per_class == {"grade 0": 2, "grade 1": 3}
-    assert table.groupby("label")["is_representative"].sum().to_dict() == {"grade 0": 4, "grade 1": 6}
+    assert list(table.columns) == CLUSTERS_COLUMNS and table["image_id"].tolist() == train["image_id"].tolist()
+    assert table.groupby("class_name")["cluster"].nunique().to_dict() == {"grade 0": 2, "grade 1": 3}
+    assert table.groupby("class_name")["is_representative"].sum().to_dict() == {"grade 0": 4, "grade 1": 6}
+    assert summary.groupby("class_name")["k"].first().to_dict() == {"grade 0": 2, "grade 1": 3}
+    assert summary["size"].sum() == 44
 
 
-def test_cluster_per_class_clips_a_fixed_k_for_tiny_classes() -> None:
-    features = _blobs(2, 5, seed=4)
-    labels = np.array([0] * 8 + [1] * 2)
-
-    table = cluster_per_class(features, labels, k=3, n_representatives=1, seed=0)
-
-    assert table.groupby("label")["cluster"].nunique().to_dict() == {0: 3, 1: 2}
+def test_a_fixed_k_is_clipped_for_tiny_classes() -> None:
+    table, _ = cluster_classes(
+        _blobs(2, 5, seed=4), train_rows(["a"] * 8 + ["b"] * 2), ClusteringConfig(k=3, n_representatives=1), 0, False
+    )
+    assert table.groupby("class_name")["cluster"].nunique().to_dict() == {"a": 3, "b": 2}
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "parameter"),
+    ("values", "parameter"),
     [
-        ({"k_range": (1, 4)}, "k_range"),
-        ({"k": 0}, "k must"),
-        ({"k": 99}, "k must"),
-        ({"n_representatives": 0}, "n_representatives"),
+        ({"k_range": [1, 4]}, r"feature_clustering.clustering.k_range must be \[min, max\]"),
+        ({"k": 0}, r"feature_clustering.clustering.k must be null"),
+        ({"n_representatives": 0}, r"feature_clustering.clustering.n_representatives must be at least 1"),
+        ({"cohesion_threshold": 1.5}, r"feature_clustering.clustering.cohesion_threshold must be in"),
     ],
 )
-def test_cluster_class_rejects_bad_parameters(kwargs: dict, parameter: str) -> None:
-    with pytest.raises(ValueError, match=parameter):
-        cluster_class(_blobs(2, 5), **kwargs)
-
-
-def test_cluster_per_class_rejects_mismatched_labels() -> None:
-    with pytest.raises(ValueError, match="labels"):
-        cluster_per_class(_blobs(2, 5), labels=[0, 1, 0])
+def test_bad_clustering_parameters_are_named(values: dict, parameter: str) -> None:
+    with pytest.raises(ConfigError, match=parameter):
+        ClusteringConfig.parse(values)

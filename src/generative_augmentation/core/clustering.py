@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Hashable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -18,22 +17,50 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import silhouette_score
 from sklearn.metrics.pairwise import cosine_similarity
 from sklearn.preprocessing import normalize
+from tqdm.auto import tqdm
 
+from generative_augmentation.core.config import Config
+from generative_augmentation.core.features import ExtractorConfig
+from generative_augmentation.core.reduction import TsneConfig
 from generative_augmentation.core.runtime import derive_seed
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_K_RANGE = (2, 8)
+DEFAULT_K_RANGE = (2, 6)
 KMEANS_N_INIT = 10
-CLUSTER_COLUMNS = (
-    "row_index",
-    "label",
-    "cluster",
-    "is_representative",
-    "cohesion",
-    "flagged",
-    "distance_to_centroid",
-)
+CLUSTERS_COLUMNS = [
+    "image_id", "class_name", "label", "cluster", "is_representative", "cohesion", "flagged", "distance_to_centroid",
+]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ClusteringConfig(Config):
+    """KMeans per class: a fixed ``k`` (clipped to a small class's size) or k chosen by silhouette over
+    ``k_range``; ``n_representatives`` images nearest each centroid; a cluster is flagged when the cohesion of its
+    representatives (mean minus std of their pairwise cosine similarities) is below ``cohesion_threshold``."""
+
+    where = "feature_clustering.clustering"
+    k: int | None = None
+    k_range: tuple[int, ...] = DEFAULT_K_RANGE
+    n_representatives: int = 5
+    cohesion_threshold: float = 0.85
+
+    def checks(self):
+        yield "k", self.k is None or self.k >= 1, f"must be null (choose by silhouette) or at least 1, got {self.k}"
+        valid_range = len(self.k_range) == 2 and 2 <= self.k_range[0] <= self.k_range[1]
+        yield "k_range", valid_range, f"must be [min, max] with 2 <= min <= max, got {list(self.k_range)}"
+        yield from self.at_least("n_representatives")
+        yield from self.within("cohesion_threshold", 0, 1)
+
+
+@dataclass(frozen=True)
+class FeatureClusteringConfig(Config):
+    """The ``feature_clustering`` parameters: the feature extractor, the clustering, the t-SNE maps."""
+
+    where = "feature_clustering"
+    extractor: ExtractorConfig = field(default_factory=ExtractorConfig)
+    clustering: ClusteringConfig = field(default_factory=ClusteringConfig)
+    tsne: TsneConfig = field(default_factory=TsneConfig)
 
 
 @dataclass(frozen=True)
@@ -72,7 +99,7 @@ def choose_k_by_silhouette(
     clusters, e.g. identical images) yields k = 1 with no scores. Ties go to the smaller k.
     """
     normalised = _normalised(features)
-    low, high = _validated_k_range(k_range)
+    low, high = int(k_range[0]), int(k_range[1])
     n_rows = normalised.shape[0]
     if n_rows < 3:
         logger.info("Only %d image(s): silhouette is undefined, using k=1", n_rows)
@@ -94,31 +121,24 @@ def choose_k_by_silhouette(
     return best_k, scores
 
 
-def cluster_class(
-    features: np.ndarray,
-    k: int | None = None,
-    k_range: tuple[int, int] = DEFAULT_K_RANGE,
-    n_representatives: int = 5,
-    cohesion_threshold: float = 0.5,
-    seed: int = 0,
-) -> ClusterResult:
-    """Cluster one class's features with KMeans (``k`` given, or chosen by silhouette over ``k_range``).
+def cluster_class(features: np.ndarray, config: ClusteringConfig, seed: int) -> ClusterResult:
+    """Cluster one class's features with KMeans (``config.k``, clipped to the class size, or by silhouette).
 
     Each cluster's representatives are its ``n_representatives`` rows nearest the centroid; its cohesion is
     ``cohesion_score`` of those representatives and it is ``flagged`` when cohesion < ``cohesion_threshold``.
     """
     normalised = _normalised(features)
-    if n_representatives < 1:
-        raise ValueError(f"n_representatives must be at least 1, got {n_representatives}")
     scores: dict[int, float] = {}
-    if k is None:
-        k, scores = choose_k_by_silhouette(normalised, k_range, seed)
-    elif not 1 <= k <= normalised.shape[0]:
-        raise ValueError(f"k must be between 1 and the number of rows ({normalised.shape[0]}), got {k}")
+    if config.k is None:
+        k, scores = choose_k_by_silhouette(normalised, (config.k_range[0], config.k_range[1]), seed)
+    else:
+        k = min(config.k, normalised.shape[0])
+        if k < config.k:
+            logger.info("%d images: k=%d clipped to %d", normalised.shape[0], config.k, k)
     kmeans = _fit_kmeans(normalised, k, seed)
     assignments = kmeans.labels_.astype(np.int64)
     distances = np.linalg.norm(normalised - kmeans.cluster_centers_[assignments], axis=1)
-    representatives = [_nearest_members(assignments, distances, c, n_representatives) for c in range(k)]
+    representatives = [_nearest_members(assignments, distances, c, config.n_representatives) for c in range(k)]
     cohesion = np.array([cohesion_score(normalised[rows]) for rows in representatives])
     return ClusterResult(
         k=k,
@@ -127,36 +147,43 @@ def cluster_class(
         distances=distances,
         representatives=representatives,
         cohesion=cohesion,
-        flagged=cohesion < cohesion_threshold,
+        flagged=cohesion < config.cohesion_threshold,
         silhouette_scores=scores,
     )
 
 
-def cluster_per_class(
-    features: np.ndarray,
-    labels: Sequence[Hashable] | np.ndarray,
-    k: int | None = None,
-    k_range: tuple[int, int] = DEFAULT_K_RANGE,
-    n_representatives: int = 5,
-    cohesion_threshold: float = 0.5,
-    seed: int = 0,
-) -> pd.DataFrame:
-    """``cluster_class`` on every label's rows; one output row per input row, ordered by ``row_index``.
+def cluster_classes(
+    vectors: np.ndarray, train: pd.DataFrame, config: ClusteringConfig, seed: int, progress: bool = True
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``cluster_class`` on each class of the real ``train`` rows (``vectors`` in the same order).
 
-    Columns: ``CLUSTER_COLUMNS``. Each class uses ``derive_seed(seed, "cluster", label)``; a fixed ``k``
-    larger than a class is clipped to the class size.
+    Returns one row per train image (:data:`CLUSTERS_COLUMNS`) and one row per cluster (k, silhouette, size,
+    cohesion, flagged). Each class's KMeans is seeded from ``seed`` and the class name.
     """
-    labels = np.asarray(labels)
-    features = np.asarray(features)
-    if labels.ndim != 1 or len(labels) != len(features):
-        raise ValueError(f"labels must be 1-D with one entry per features row: {labels.shape} vs {features.shape}")
-    frames = [
-        _class_frame(features, labels, label, k, k_range, n_representatives, cohesion_threshold, seed)
-        for label in pd.unique(labels)
-    ]
-    if not frames:
-        return pd.DataFrame(columns=list(CLUSTER_COLUMNS))
-    return pd.concat(frames).sort_values("row_index").reset_index(drop=True)
+    frames, summaries = [], []
+    classes = train.drop_duplicates("label").sort_values("label")
+    for label, class_name in tqdm(
+        list(zip(classes["label"], classes["class_name"], strict=True)), desc="cluster classes", disable=not progress
+    ):
+        rows = np.flatnonzero(train["label"].to_numpy() == label)
+        result = cluster_class(vectors[rows], config, derive_seed(seed, "feature_clustering", "kmeans", class_name))
+        is_representative = np.zeros(len(rows), dtype=bool)
+        is_representative[result.representative_indices] = True
+        frames.append(pd.DataFrame({
+            "image_id": train["image_id"].to_numpy()[rows], "class_name": class_name, "label": int(label),
+            "cluster": result.assignments.astype(int), "is_representative": is_representative,
+            "cohesion": result.cohesion[result.assignments].astype(float),
+            "flagged": result.flagged[result.assignments].astype(bool), "distance_to_centroid": result.distances,
+        }))  # fmt: skip
+        summaries.append(pd.DataFrame({
+            "class_name": class_name, "label": int(label), "k": result.k,
+            "silhouette": result.silhouette_scores.get(result.k, np.nan), "cluster": np.arange(result.k),
+            "size": np.bincount(result.assignments, minlength=result.k),
+            "n_representatives": [len(members) for members in result.representatives],
+            "cohesion": result.cohesion, "flagged": result.flagged,
+        }))  # fmt: skip
+        logger.info("Class %s: k=%d, %d flagged cluster(s)", class_name, result.k, int(result.flagged.sum()))
+    return pd.concat(frames, ignore_index=True)[CLUSTERS_COLUMNS], pd.concat(summaries, ignore_index=True)
 
 
 def cohesion_score(features: np.ndarray) -> float:
@@ -172,37 +199,6 @@ def cohesion_score(features: np.ndarray) -> float:
     return float(similarities.mean() - similarities.std())
 
 
-def _class_frame(
-    features: np.ndarray,
-    labels: np.ndarray,
-    label: Hashable,
-    k: int | None,
-    k_range: tuple[int, int],
-    n_representatives: int,
-    cohesion_threshold: float,
-    seed: int,
-) -> pd.DataFrame:
-    rows = np.flatnonzero(labels == label)
-    if k is not None and k > len(rows):
-        logger.info("Class %r has %d images: k=%d clipped to %d", label, len(rows), k, len(rows))
-    class_k = None if k is None else min(k, len(rows))
-    class_seed = derive_seed(seed, "cluster", label)
-    result = cluster_class(features[rows], class_k, k_range, n_representatives, cohesion_threshold, class_seed)
-    is_representative = np.zeros(len(rows), dtype=bool)
-    is_representative[result.representative_indices] = True
-    return pd.DataFrame(
-        {
-            "row_index": rows,
-            "label": labels[rows],
-            "cluster": result.assignments,
-            "is_representative": is_representative,
-            "cohesion": result.cohesion[result.assignments],
-            "flagged": result.flagged[result.assignments],
-            "distance_to_centroid": result.distances,
-        }
-    )
-
-
 def _nearest_members(assignments: np.ndarray, distances: np.ndarray, cluster: int, count: int) -> np.ndarray:
     """The ``count`` members of ``cluster`` closest to its centroid, nearest first (ties: lower row first)."""
     members = np.flatnonzero(assignments == cluster)
@@ -214,12 +210,6 @@ def _fit_kmeans(normalised: np.ndarray, k: int, seed: int) -> KMeans:
         # Duplicate rows can leave fewer distinct clusters than k; callers check the labels themselves.
         warnings.simplefilter("ignore", ConvergenceWarning)
         return KMeans(n_clusters=k, n_init=KMEANS_N_INIT, random_state=seed).fit(normalised)
-
-
-def _validated_k_range(k_range: tuple[int, int]) -> tuple[int, int]:
-    if len(k_range) != 2 or not 2 <= k_range[0] <= k_range[1]:
-        raise ValueError(f"k_range must be (min, max) with 2 <= min <= max, got {k_range}")
-    return int(k_range[0]), int(k_range[1])
 
 
 def _normalised(features: np.ndarray) -> np.ndarray:

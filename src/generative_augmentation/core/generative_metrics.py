@@ -10,18 +10,93 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
+import pandas as pd
 import torch
 from sklearn.metrics import pairwise_distances_chunked
-from sklearn.neighbors import NearestNeighbors
 from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
+from generative_augmentation.core.config import Config
+from generative_augmentation.core.features import EfficientNetLite0Extractor, nearest
+from generative_augmentation.core.images import ImageSpec, stack_images
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_KID_SUBSET_SIZE = 1000
+
+
+@dataclass(frozen=True)
+class QualityConfig(Config):
+    """Generative quality on offline ImageNet EfficientNet-Lite0 features: KID over ``kid_subsets`` subsets of up
+    to ``kid_subset_size`` images, FID only where both sets have ``min_images_for_fid`` images, k-NN precision and
+    recall with ``nearest_k`` neighbours."""
+
+    where = "evaluation.quality"
+    reference_split: Literal["val", "test"] = "val"  # real images the synthetic ones are compared with
+    image_size: int = 96
+    kid_subset_size: int = 100
+    kid_subsets: int = 50
+    min_images_for_fid: int = 200
+    nearest_k: int = 3
+
+    def checks(self):
+        yield from self.at_least("image_size", minimum=32)
+        yield from self.at_least("kid_subset_size", "min_images_for_fid", minimum=2)
+        yield from self.at_least("kid_subsets", "nearest_k")
+
+
+def quality_table(
+    real: pd.DataFrame,
+    real_images: Mapping[str, Any],
+    synthetic: pd.DataFrame,
+    synthetic_images: Mapping[str, Any],
+    image: ImageSpec,
+    config: QualityConfig,
+    seed: int,
+) -> pd.DataFrame:
+    """KID, FID (where both sets are large enough) and k-NN precision/recall per class of the ``synthetic`` images
+    (``final_class``, ``image_key``) against the real images of ``config.reference_split`` in ``real`` (the
+    manifest); real train against the same reference gives the floor a perfect generator would reach."""
+    extractor = EfficientNetLite0Extractor(image_size=config.image_size)
+
+    def features(partitions: Mapping[str, Any], keys: pd.Series) -> np.ndarray:
+        return extractor.embed(stack_images(partitions, keys, image), progress=False)
+
+    rows = []
+    reference_split = config.reference_split
+    for class_name in sorted(set(synthetic["final_class"])):
+        of_class = real[real["class_name"] == class_name]
+        reference = features(real_images, of_class.loc[of_class["split"] == reference_split, "image_key"])
+        sets = (
+            ("synthetic", synthetic.loc[synthetic["final_class"] == class_name, "image_key"], synthetic_images),
+            ("real_train", of_class.loc[of_class["split"] == "train", "image_key"], real_images),
+        )
+        for name, keys, partitions in sets:
+            row = {"class_name": class_name, "set": name, "reference": reference_split}
+            rows.append(row | quality_row(reference, features(partitions, keys), config, seed))
+            logger.info("Quality of %s %s: %s", name, class_name, rows[-1])
+    return pd.DataFrame(rows)
+
+
+def quality_row(reference: np.ndarray, other: np.ndarray, config: QualityConfig, seed: int) -> dict[str, float]:
+    """One row of :func:`quality_table`: KID (mean, std), FID or NaN, precision, recall."""
+    smallest = min(len(reference), len(other))
+    row = {"n_images": len(other), "n_reference": len(reference), "kid": np.nan, "kid_std": np.nan, "fid": np.nan,
+           "precision": np.nan, "recall": np.nan}  # fmt: skip
+    if smallest >= 2:
+        subset = min(smallest, config.kid_subset_size)
+        row["kid"], row["kid_std"] = kid(reference, other, subset_size=subset, subsets=config.kid_subsets, seed=seed)
+    if smallest >= config.min_images_for_fid:
+        row["fid"] = fid(reference, other)
+    if smallest > config.nearest_k:
+        row["precision"], row["recall"] = precision_recall_knn(reference, other, k=config.nearest_k)
+    return row
 
 
 class PrecomputedFeatures(nn.Module):
@@ -112,7 +187,7 @@ def precision_recall_knn(real_features: np.ndarray, fake_features: np.ndarray, k
 
 def _kth_neighbour_distances(features: np.ndarray, k: int) -> np.ndarray:
     """Distance from each row to its k-th nearest other row (column 0 of the query is the row itself)."""
-    distances, _ = NearestNeighbors(n_neighbors=k + 1).fit(features).kneighbors(features)
+    distances, _ = nearest(features, features, k + 1, metric="euclidean")
     return distances[:, k]
 
 

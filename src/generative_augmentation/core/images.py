@@ -1,7 +1,8 @@
-"""Image I/O and transforms: the one image loader of the project.
+"""Images: the one image loader of the project, the conversions between arrays and tensors, and the ordinary
+(flip, rotate, jitter, crop) augmentation.
 
-Images cross module boundaries as NumPy ``uint8`` arrays shaped (H, W, C) or (N, H, W, C), C = 3 (RGB)
-or 1 (grayscale).
+Images cross module boundaries as NumPy ``uint8`` arrays shaped (H, W, C) or (N, H, W, C), C = 3 (RGB) or 1
+(grayscale). Models see float tensors (N, C, H, W) in [0, 1] ("unit") or in [-1, 1] ("signed", diffusion models).
 """
 
 from __future__ import annotations
@@ -9,21 +10,40 @@ from __future__ import annotations
 import hashlib
 import io
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 from PIL import Image
 from torchvision.transforms import v2
 
+from generative_augmentation.core.config import Config
+
+MAX_IMAGE_SIZE = 1024
 COLOR_MODES = {"RGB": 3, "L": 1}
 
 
-def channels_for(mode: str) -> int:
-    """Number of channels of a colour mode ("RGB" or "L")."""
-    if mode not in COLOR_MODES:
-        raise ValueError(f"Unknown colour mode {mode!r} (parameter image.mode); use one of {sorted(COLOR_MODES)}")
-    return COLOR_MODES[mode]
+@dataclass(frozen=True)
+class ImageSpec(Config):
+    """The working resolution (square side, pixels) and colour mode (RGB, or L for grayscale X-ray and MRI)."""
+
+    where = "image"
+    size: int = 64
+    mode: Literal["RGB", "L"] = "RGB"
+
+    def checks(self):
+        yield from self.within("size", 4, MAX_IMAGE_SIZE)
+
+    @property
+    def channels(self) -> int:
+        """3 for RGB, 1 for grayscale."""
+        return COLOR_MODES[self.mode]
+
+    def empty(self, count: int = 0) -> np.ndarray:
+        """A zero uint8 batch (count, size, size, channels)."""
+        return np.zeros((count, self.size, self.size, self.channels), dtype=np.uint8)
 
 
 def decode_image(source: str | Path | bytes) -> Image.Image:
@@ -34,14 +54,13 @@ def decode_image(source: str | Path | bytes) -> Image.Image:
         return image.copy()
 
 
-def to_array(image: Image.Image | np.ndarray, size: int, mode: str = "RGB") -> np.ndarray:
+def to_array(image: Image.Image | np.ndarray, spec: ImageSpec) -> np.ndarray:
     """Resize (antialiased, square) and convert an image to a (size, size, C) ``uint8`` array."""
     if isinstance(image, np.ndarray):
         image = array_to_pil(image)
-    channels_for(mode)
-    image = image.convert(mode)
-    if image.size != (size, size):
-        image = image.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=3.0)
+    image = image.convert(spec.mode)
+    if image.size != (spec.size, spec.size):
+        image = image.resize((spec.size, spec.size), Image.Resampling.BICUBIC, reducing_gap=3.0)
     array = np.asarray(image, dtype=np.uint8)
     return array[..., None] if array.ndim == 2 else array
 
@@ -58,62 +77,93 @@ def content_hash(array: np.ndarray) -> str:
     return hashlib.sha1(np.ascontiguousarray(array).tobytes() + str(array.shape).encode()).hexdigest()
 
 
-def stack_partitions(
-    partitions: Mapping[str, Callable[[], Image.Image] | Image.Image],
-    keys: Iterable[str],
-    size: int,
-    mode: str = "RGB",
+def stack_images(
+    partitions: Mapping[str, Callable[[], Image.Image] | Image.Image], keys: Iterable[str], spec: ImageSpec
 ) -> np.ndarray:
-    """Load the images ``keys`` from a Kedro PartitionedDataset mapping into one (N, H, W, C) array."""
+    """Load the images ``keys`` from a folder of images (a Kedro PartitionedDataset mapping) as (N, H, W, C)."""
     keys = list(keys)
     missing = [key for key in keys if key not in partitions]
     if missing:
-        raise KeyError(f"{len(missing)} images are missing from the image folder, e.g. {missing[:3]}")
+        raise KeyError(f"{len(missing)} image(s) are missing from the image folder, e.g. {missing[:3]}")
     arrays = []
     for key in keys:
         loaded = partitions[key]
-        image = loaded() if callable(loaded) else loaded
-        arrays.append(to_array(image, size, mode))
-    if not arrays:
-        return np.zeros((0, size, size, channels_for(mode)), dtype=np.uint8)
-    return np.stack(arrays)
+        arrays.append(to_array(loaded() if callable(loaded) else loaded, spec))
+    return np.stack(arrays) if arrays else spec.empty()
 
 
-def to_tensor(images: np.ndarray) -> torch.Tensor:
-    """(N, H, W, C) ``uint8`` → (N, C, H, W) float in [0, 1]."""
+def to_unit_tensor(images: np.ndarray) -> torch.Tensor:
+    """(N, H, W, C) ``uint8`` → (N, C, H, W) float32 in [0, 1]."""
     return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255.0)
 
 
-def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """(N, C, H, W) float in [0, 1] → (N, H, W, C) ``uint8``."""
-    return images.clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+def to_signed_tensor(images: np.ndarray) -> torch.Tensor:
+    """(N, H, W, C) ``uint8`` → (N, C, H, W) float32 in [-1, 1]."""
+    return to_unit_tensor(images).mul_(2.0).sub_(1.0)
 
 
-def traditional_augmentation(
-    image_size: int,
-    rotation_degrees: float = 15.0,
-    color_jitter: float = 0.1,
-    crop_scale: tuple[float, float] = (0.85, 1.0),
-) -> v2.Compose:
-    """The ordinary-augmentation baseline: flips, small rotations, colour jitter, random resized crop."""
-    return v2.Compose(
-        [
-            v2.RandomHorizontalFlip(),
-            v2.RandomVerticalFlip(),
-            v2.RandomRotation(rotation_degrees),
-            v2.ColorJitter(brightness=color_jitter, contrast=color_jitter, saturation=color_jitter),
-            v2.RandomResizedCrop(image_size, scale=crop_scale, ratio=(0.95, 1.05), antialias=True),
-        ]
-    )
+def unit_float(images: torch.Tensor) -> torch.Tensor:
+    """A (B, C, H, W) tensor as float in [0, 1]: ``uint8`` is scaled, float is taken as already in [0, 1]."""
+    if images.ndim != 4 or images.shape[1] not in (1, 3):
+        raise ValueError(f"images must be a (B, C, H, W) tensor with C in (1, 3), got {tuple(images.shape)}")
+    return images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
 
 
-def augment_copy(image: np.ndarray, transform: v2.Compose, seed: int) -> np.ndarray:
-    """One seeded random draw of ``transform`` applied to a (H, W, C) ``uint8`` image."""
-    tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
-    if tensor.shape[0] == 1:
-        tensor = tensor.expand(3, -1, -1)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(seed))
-        augmented = transform(tensor)
-    out = augmented.permute(1, 2, 0).numpy()
-    return out[..., :1] if image.shape[-1] == 1 else out
+def from_unit_tensor(images: torch.Tensor) -> np.ndarray:
+    """(N, C, H, W) float in [0, 1] → (N, H, W, C) ``uint8`` (clipped, rounded)."""
+    return images.float().clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def from_signed_tensor(images: torch.Tensor) -> np.ndarray:
+    """(N, C, H, W) float in [-1, 1] → (N, H, W, C) ``uint8`` (clipped, rounded)."""
+    return from_unit_tensor((images.float() + 1.0) / 2.0)
+
+
+def match_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
+    """(B, C, H, W) with C in (1, 3) → ``channels`` channels (grey repeated, or colour made grey)."""
+    if images.shape[1] == channels:
+        return images
+    if channels == 3:
+        return images.expand(-1, 3, -1, -1)
+    return v2.functional.rgb_to_grayscale(images)
+
+
+@dataclass(frozen=True)
+class AugmentationConfig(Config):
+    """The ordinary augmentation baseline, applied on the fly: flips, small rotations, colour jitter, crops.
+
+    Vertical flips are off by default: a chest X-ray or a brain slice upside down is not a plausible image.
+    """
+
+    where = "augmentation"
+    horizontal_flip: bool = True
+    vertical_flip: bool = False
+    rotation_degrees: float = 15.0
+    color_jitter: float = 0.1
+    crop_scale: tuple[float, ...] = (0.85, 1.0)
+
+    def checks(self):
+        yield from self.within("rotation_degrees", 0, 180)
+        yield from self.within("color_jitter", 0, 1, open_high=True)
+        low, high = (self.crop_scale + (0.0, 0.0))[:2] if len(self.crop_scale) == 2 else (0.0, -1.0)
+        yield (
+            "crop_scale",
+            0 < low <= high <= 1,
+            f"must be [low, high] with 0 < low <= high <= 1, got {list(self.crop_scale)}",
+        )
+
+    def transform(self, image_size: int) -> v2.Compose:
+        """The torchvision v2 transform over (C, H, W) tensors of side ``image_size``."""
+        steps: list[v2.Transform] = []
+        if self.horizontal_flip:
+            steps.append(v2.RandomHorizontalFlip())
+        if self.vertical_flip:
+            steps.append(v2.RandomVerticalFlip())
+        if self.rotation_degrees:
+            steps.append(v2.RandomRotation(self.rotation_degrees))
+        if self.color_jitter:
+            jitter = self.color_jitter
+            steps.append(v2.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter))
+        scale = (float(self.crop_scale[0]), float(self.crop_scale[1]))
+        steps.append(v2.RandomResizedCrop(image_size, scale=scale, ratio=(0.95, 1.05), antialias=True))
+        return v2.Compose(steps)

@@ -22,8 +22,9 @@ logger = logging.getLogger(__name__)
 def classification_scores(y_true: np.ndarray, proba: np.ndarray, class_names: list[str]) -> dict[str, float]:
     """Macro and per-class scores from true labels and (N, K) class probabilities.
 
-    Keys: ``accuracy``, ``balanced_accuracy``, ``macro_f1``, ``macro_precision``, ``macro_recall``, ``auc_ovr``
-    (macro one-vs-rest over the classes present), and ``{precision,recall,f1,auc}.<class>`` per class.
+    Keys: ``accuracy``, ``balanced_accuracy`` (the mean per-class recall, i.e. macro recall), ``macro_f1``,
+    ``macro_precision``, ``macro_auc`` (one-vs-rest over the classes present), and
+    ``{precision,recall,f1,auc}.<class>`` per class.
     """
     y_true = np.asarray(y_true)
     if proba.ndim != 2 or proba.shape[1] != len(class_names) or len(proba) != len(y_true):
@@ -38,10 +39,9 @@ def classification_scores(y_true: np.ndarray, proba: np.ndarray, class_names: li
         "balanced_accuracy": _balanced_accuracy(y_true, y_pred),
         "macro_f1": float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
         "macro_precision": float(np.mean(precision)),
-        "macro_recall": float(np.mean(recall)),
     }
     per_class_auc = one_vs_rest_auc(y_true, proba)
-    scores["auc_ovr"] = float(np.nanmean(per_class_auc)) if np.isfinite(per_class_auc).any() else float("nan")
+    scores["macro_auc"] = float(np.nanmean(per_class_auc)) if np.isfinite(per_class_auc).any() else float("nan")
     for index, name in enumerate(class_names):
         scores[f"precision.{name}"] = float(precision[index])
         scores[f"recall.{name}"] = float(recall[index])
@@ -66,30 +66,7 @@ def one_vs_rest_auc(y_true: np.ndarray, proba: np.ndarray) -> np.ndarray:
     return aucs
 
 
-def scores_table(scores: dict[str, float], class_names: list[str]) -> pd.DataFrame:
-    """Per-class precision / recall / F1 / AUC as a table, with a ``macro`` row."""
-    rows = [
-        {
-            "class_name": name,
-            "precision": scores[f"precision.{name}"],
-            "recall": scores[f"recall.{name}"],
-            "f1": scores[f"f1.{name}"],
-            "auc": scores[f"auc.{name}"],
-        }
-        for name in class_names
-    ]
-    rows.append(
-        {
-            "class_name": "macro",
-            "precision": scores["macro_precision"],
-            "recall": scores["macro_recall"],
-            "f1": scores["macro_f1"],
-            "auc": scores["auc_ovr"],
-        }
-    )
-    return pd.DataFrame(rows)
-
-
-def confusion(y_true: np.ndarray, proba: np.ndarray, num_classes: int) -> np.ndarray:
-    """Confusion matrix (rows true, columns predicted) over all ``num_classes`` classes."""
-    return confusion_matrix(y_true, proba.argmax(axis=1), labels=list(range(num_classes)))
+def confusion(predictions: pd.DataFrame, num_classes: int) -> np.ndarray:
+    """Confusion matrix (rows true, columns predicted) of test predictions (``label``, ``predicted`` columns),
+    summed over every replicate in the table."""
+    return confusion_matrix(predictions["label"], predictions["predicted"], labels=list(range(num_classes)))

@@ -58,8 +58,12 @@ def image_grid(images_by_row: Mapping[str, np.ndarray], title: str, max_per_row:
     if max_per_row < 1:
         raise ValueError(f"max_per_row must be at least 1, got {max_per_row}")
     n_rows = len(images_by_row)
-    fig = Figure(figsize=(1.3 * max_per_row + 1.5, 1.4 * n_rows + 0.6), layout="constrained")
-    axes = fig.subplots(n_rows, max_per_row, squeeze=False)
+    width, height, label_width = 1.3 * max_per_row + 1.6, 1.4 * n_rows + 0.6, 1.6
+    fig = Figure(figsize=(width, height))
+    # A fixed grid with room for the row labels: constrained layout costs seconds on grids of many images.
+    gridspec = {"left": label_width / width, "right": 0.99, "bottom": 0.02, "top": 1 - 0.55 / height,
+                "wspace": 0.05, "hspace": 0.1}  # fmt: skip
+    axes = fig.subplots(n_rows, max_per_row, squeeze=False, gridspec_kw=gridspec)
     for row_axes, (row_label, images) in zip(axes, images_by_row.items(), strict=True):
         shown = np.asarray(images)[:max_per_row]
         for column, ax in enumerate(row_axes):
@@ -103,42 +107,22 @@ def confusion_matrix_figure(
     return fig
 
 
-def line_curves(
-    x: Sequence[float] | np.ndarray,
-    series: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
-    xlabel: str,
-    ylabel: str,
-    title: str,
-) -> Figure:
-    """One line per series from ``(mean, low, high)`` arrays, with the low-high interval shaded."""
-    x = np.asarray(x, dtype=float)
-    fig = Figure(figsize=(6.5, 4.5), layout="constrained")
-    ax = fig.add_subplot()
-    for name, (mean, low, high) in series.items():
-        if not len(mean) == len(low) == len(high) == len(x):
-            raise ValueError(f"series {name!r}: mean, low and high must each have len(x)={len(x)} values")
-        (line,) = ax.plot(x, mean, marker="o", markersize=3, label=name)
-        ax.fill_between(x, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
-    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
-    ax.grid(alpha=0.3)
-    if series:
-        ax.legend(fontsize="small")
-    return fig
-
-
 def bar_groups(
     values: pd.DataFrame,
     title: str,
     ylabel: str,
     errors: pd.DataFrame | None = None,
     xlabel: str = "",
+    upper_errors: pd.DataFrame | None = None,
 ) -> Figure:
     """Grouped bars from a wide table: one group per index entry (e.g. class), one bar per column
-    (e.g. scenario). ``errors`` (same shape) adds symmetric error bars."""
+    (e.g. scenario). ``errors`` (same shape) adds error bars, symmetric unless ``upper_errors`` gives the upper
+    side."""
     if values.empty:
         raise ValueError("values must have at least one row and one column")
-    if errors is not None and errors.shape != values.shape:
-        raise ValueError(f"errors must match values' shape {values.shape}, got {errors.shape}")
+    for table in (errors, upper_errors):
+        if table is not None and table.shape != values.shape:
+            raise ValueError(f"errors must match values' shape {values.shape}, got {table.shape}")
     n_groups, n_bars = values.shape
     width = 0.8 / n_bars
     positions = np.arange(n_groups)
@@ -147,6 +131,8 @@ def bar_groups(
     for bar, column in enumerate(values.columns):
         offsets = positions - 0.4 + width * (bar + 0.5)
         yerr = None if errors is None else errors[column].to_numpy(dtype=float)
+        if yerr is not None and upper_errors is not None:
+            yerr = np.vstack([yerr, upper_errors[column].to_numpy(dtype=float)])
         ax.bar(offsets, values[column].to_numpy(dtype=float), width, yerr=yerr, capsize=2, label=str(column))
     ax.set_xticks(positions)
     ax.set_xticklabels([str(name) for name in values.index], rotation=30 if n_groups > 6 else 0)
@@ -197,3 +183,57 @@ def _draw_image(ax: Axes, image: np.ndarray) -> None:
         ax.imshow(image, cmap="gray", vmin=0, vmax=255 if image.dtype == np.uint8 else 1)
     else:
         ax.imshow(image)
+
+
+def ratio_curves(summary: pd.DataFrame, confidence: float) -> Figure:
+    """Macro-F1 and minority-class recall against the added-image ratio, one line per kind that has ratios
+    (synthetic, reduced_synthetic), with the real-only arm at ratio 0."""
+    real = summary[summary["scenario"] == "real"]
+    panels = (("f1", "macro", "macro-F1"), ("recall", "minority", "minority-class recall"))
+    figure = Figure(figsize=(11, 4.2), layout="constrained")
+    for index, (metric, class_name, label) in enumerate(panels):
+        axis = figure.add_subplot(1, len(panels), index + 1)
+        rows = summary[(summary["metric"] == metric) & (summary["class_name"] == class_name)]
+        base = real[(real["metric"] == metric) & (real["class_name"] == class_name)]
+        for kind, added in rows[rows["ratio"] > 0].groupby("kind"):
+            series = pd.concat([base, added.sort_values("ratio")])
+            axis.plot(series["ratio"], series["mean"], marker="o", label=kind)
+            axis.fill_between(series["ratio"], series["low"], series["high"], alpha=0.2)
+        axis.set(
+            xlabel="added images per real image of the class (ratio; 0 = real only)", ylabel=f"test {label}",
+            title=f"{label} vs ratio (mean, {confidence:.0%} interval)",
+        )  # fmt: skip
+        axis.grid(alpha=0.3)
+        if axis.get_legend_handles_labels()[0]:
+            axis.legend(fontsize="small")
+    return figure
+
+
+def recall_bars(summary: pd.DataFrame, class_names: Sequence[str], confidence: float) -> Figure:
+    """Per-class test recall of every scenario (mean and interval, clipped to [0, 1])."""
+    rows = summary[(summary["metric"] == "recall") & summary["class_name"].isin(class_names)]
+    values = rows.pivot(index="class_name", columns="scenario", values="mean").reindex(list(class_names))
+    low = rows.pivot(index="class_name", columns="scenario", values="low").reindex(list(class_names))
+    high = rows.pivot(index="class_name", columns="scenario", values="high").reindex(list(class_names))
+    return bar_groups(
+        values, title=f"Per-class test recall by scenario (mean, {confidence:.0%} interval)", ylabel="recall",
+        errors=(values - low.clip(lower=0)).fillna(0), upper_errors=(high.clip(upper=1) - values).fillna(0),
+    )  # fmt: skip
+
+
+def real_beside_synthetic(
+    real: Mapping[str, np.ndarray], synthetic: Mapping[str, np.ndarray], title: str, max_per_row: int = 8
+) -> Figure:
+    """A row of real images above a row of synthetic images, for every class that has synthetic images."""
+    rows: dict[str, np.ndarray] = {}
+    for name, images in synthetic.items():
+        rows[f"real\n{name}"] = real[name]
+        rows[f"synthetic\n{name}"] = images
+    return image_grid(rows, title=title, max_per_row=max_per_row)
+
+
+def message_figure(text: str) -> Figure:
+    """A small figure that says ``text``, where a plot has nothing to show."""
+    figure = Figure(figsize=(6, 2), layout="constrained")
+    figure.text(0.5, 0.5, text, ha="center", va="center")
+    return figure

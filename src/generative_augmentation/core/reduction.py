@@ -1,15 +1,22 @@
-"""2-D maps of image features (openTSNE) and t-SNE-based selection of representative images."""
+"""2-D maps of image features (openTSNE) and the t-SNE based selection of representative images of a dominant class.
+
+As the paper did for Diabetes and Normal: per dominant class, a seeded openTSNE map of the feature vectors, KMeans
+in that map with k = the number of images to keep, and, per centroid, the nearest image not already taken.
+"""
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Collection, Hashable, Mapping
+from dataclasses import dataclass, field
 
 import numpy as np
+import pandas as pd
 from openTSNE import TSNE
 from sklearn.cluster import KMeans
 from sklearn.metrics import pairwise_distances
+
+from generative_augmentation.core.config import Config, ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -17,111 +24,110 @@ LARGEST_MINORITY = "largest_minority"
 KMEANS_N_INIT = 10
 
 
-def tsne_embedding(
-    features: np.ndarray,
-    seed: int,
-    perplexity: float = 30.0,
-    n_iter: int = 500,
-    metric: str = "cosine",
-) -> np.ndarray:
-    """openTSNE 2-D embedding ``(N, 2)``, reproducible for a given ``seed`` (single-threaded, PCA init).
+@dataclass(frozen=True)
+class TsneConfig(Config):
+    """openTSNE settings (perplexity is clipped to (N - 1) / 3 for small classes)."""
 
-    ``perplexity`` is clipped to ``(N - 1) / 3`` so small sets still have enough neighbours; ``n_iter``
-    counts the iterations after openTSNE's early-exaggeration phase. Needs at least 2 rows.
-    """
+    where = "tsne"
+    perplexity: float = 30.0
+    n_iter: int = 500
+
+    def checks(self):
+        yield from self.positive("perplexity")
+        yield from self.at_least("n_iter")
+
+
+@dataclass(frozen=True)
+class ReductionConfig(Config):
+    """Which classes to thin (by name, or every class above ``count_threshold`` train images) and how many images
+    each keeps: a count, a fraction in (0, 1] of the class (1 is a count, 1.0 the whole class), or
+    ``largest_minority`` (the train size of the largest class that is not thinned)."""
+
+    where = "reduction"
+    dominant_classes: list[str] = field(default_factory=list)
+    count_threshold: int | None = None
+    target_count: int | float | str = LARGEST_MINORITY
+    tsne: TsneConfig = field(default_factory=TsneConfig)
+
+    def checks(self):
+        yield (
+            "dominant_classes",
+            not (self.dominant_classes and self.count_threshold is not None),
+            ("and reduction.count_threshold are exclusive: give one of them"),
+        )
+        yield from self.at_least("count_threshold")
+        spec = self.target_count
+        valid = (
+            spec == LARGEST_MINORITY
+            if isinstance(spec, str)
+            else (spec >= 1 if isinstance(spec, int) else 0 < spec <= 1)
+        )
+        yield "target_count", valid, f"must be a count >= 1, a fraction in (0, 1] or {LARGEST_MINORITY!r}, got {spec!r}"
+
+    def dominant(self, counts: pd.Series) -> list[str]:
+        """The classes to thin: those named (each must have train images), else those above the threshold."""
+        if self.dominant_classes:
+            unknown = sorted(set(self.dominant_classes) - set(counts.index))
+            if unknown:
+                raise ConfigError(
+                    f"Parameter {self.parameter('dominant_classes')} names {unknown}, which have no train images; "
+                    f"known: {list(counts.index)}"
+                )
+            return list(self.dominant_classes)
+        if self.count_threshold is None:
+            return []
+        return [str(name) for name in counts.index if counts[name] > self.count_threshold]
+
+    def target(self, counts: pd.Series, class_name: str, dominant: list[str]) -> int:
+        """How many images of ``class_name`` to keep; more than the class has is an error naming both."""
+        spec, size = self.target_count, int(counts[class_name])
+        if isinstance(spec, str):
+            others = [int(count) for name, count in counts.items() if name not in dominant]
+            if not others:
+                raise ConfigError(
+                    f"Parameter {self.parameter('target_count')} is {LARGEST_MINORITY!r} but every class is dominant"
+                )
+            requested = max(others)
+        elif isinstance(spec, int):
+            requested = spec
+        else:
+            requested = max(1, math.floor(spec * size + 0.5))
+        if requested > size:
+            raise ConfigError(
+                f"Parameter {self.parameter('target_count')} ({spec!r}: {requested} images) is larger than class "
+                f"{class_name!r}, which has {size} train images"
+            )
+        return requested
+
+
+def tsne_map(features: np.ndarray, seed: int, config: TsneConfig) -> np.ndarray:
+    """openTSNE 2-D embedding ``(N, 2)``, reproducible for ``seed`` (single-threaded, PCA init); fewer than two
+    rows sit at the origin."""
     features = np.asarray(features, dtype=np.float64)
-    if features.ndim != 2 or features.shape[0] < 2:
-        raise ValueError(f"features must be a 2-D (N, D) array with N >= 2, got shape {features.shape}")
-    if perplexity <= 0 or n_iter < 1:
-        raise ValueError(f"perplexity must be > 0 and n_iter >= 1, got perplexity={perplexity}, n_iter={n_iter}")
-    usable_perplexity = min(float(perplexity), (features.shape[0] - 1) / 3)
-    if usable_perplexity < perplexity:
-        logger.info("perplexity %.3g clipped to %.3g for %d rows", perplexity, usable_perplexity, len(features))
+    if len(features) < 2:
+        return np.zeros((len(features), 2))
+    perplexity = min(config.perplexity, (len(features) - 1) / 3)
+    if perplexity < config.perplexity:
+        logger.info("perplexity %.3g clipped to %.3g for %d rows", config.perplexity, perplexity, len(features))
     tsne = TSNE(
-        n_components=2,
-        perplexity=usable_perplexity,
-        n_iter=n_iter,
-        metric=metric,
-        random_state=seed,
-        n_jobs=1,
+        n_components=2, perplexity=perplexity, n_iter=config.n_iter, metric="cosine", random_state=seed, n_jobs=1,
         verbose=False,
-    )
+    )  # fmt: skip
     return np.asarray(tsne.fit(features), dtype=np.float64)
 
 
-def select_representatives_tsne(
-    features: np.ndarray,
-    target_count: int,
-    seed: int,
-    perplexity: float = 30.0,
-) -> np.ndarray:
-    """Pick ``target_count`` rows that cover the class: KMeans with that many clusters on the t-SNE map,
-    then, per centroid, the nearest row not already taken. Returns the selected row indices, ascending.
-
-    Asking for every row returns them all without running t-SNE.
-    """
-    n_rows = len(features)
-    if isinstance(target_count, bool) or not 1 <= target_count <= n_rows:
-        raise ValueError(f"target_count must be between 1 and N={n_rows}, got {target_count}")
-    if target_count == n_rows:
-        return np.arange(n_rows)
-    coords = tsne_embedding(features, seed=seed, perplexity=perplexity)
+def select_representatives(coords: np.ndarray, target_count: int, seed: int) -> np.ndarray:
+    """A boolean mask of ``target_count`` rows covering the map: KMeans with that many clusters on ``coords``,
+    then per centroid the nearest row not already taken. Asking for every row keeps them all."""
+    selected = np.zeros(len(coords), dtype=bool)
+    if not 1 <= target_count <= len(coords):
+        raise ValueError(f"target_count must be between 1 and {len(coords)}, got {target_count}")
+    if target_count == len(coords):
+        selected[:] = True
+        return selected
     kmeans = KMeans(n_clusters=target_count, n_init=KMEANS_N_INIT, random_state=seed).fit(coords)
-    return np.sort(_nearest_unused(pairwise_distances(kmeans.cluster_centers_, coords)))
-
-
-def resolve_target_count(
-    spec: int | float | str,
-    class_counts: Mapping[Hashable, int],
-    class_name: Hashable,
-    dominant_classes: Collection[Hashable] = (),
-) -> int:
-    """How many images of ``class_name`` to keep, from a config ``spec``.
-
-    - int ``n >= 1``: that many;
-    - float in (0, 1]: that fraction of the class (rounded half up, at least 1);
-    - ``"largest_minority"``: the size of the largest class not in ``dominant_classes``.
-
-    The result is capped at the class size (logged), so it is always a valid ``target_count`` for
-    ``select_representatives_tsne``.
-    """
-    if class_name not in class_counts:
-        raise ValueError(f"class_name {class_name!r} is not in class_counts ({sorted(map(str, class_counts))})")
-    class_size = int(class_counts[class_name])
-    requested = _requested_count(spec, class_counts, class_size, dominant_classes)
-    if requested > class_size:
-        logger.info("Target %d for class %r capped at its size %d", requested, class_name, class_size)
-    return min(requested, class_size)
-
-
-def _requested_count(
-    spec: int | float | str,
-    class_counts: Mapping[Hashable, int],
-    class_size: int,
-    dominant_classes: Collection[Hashable],
-) -> int:
-    if isinstance(spec, str):
-        if spec != LARGEST_MINORITY:
-            raise ValueError(f"spec {spec!r} is not a count, a fraction in (0, 1] or {LARGEST_MINORITY!r}")
-        return _largest_minority(class_counts, dominant_classes)
-    if isinstance(spec, (int, np.integer)) and not isinstance(spec, bool):
-        if spec < 1:
-            raise ValueError(f"spec as a count must be at least 1, got {spec}")
-        return int(spec)
-    if isinstance(spec, (float, np.floating)):
-        if not 0 < spec <= 1:
-            raise ValueError(f"spec as a fraction must be in (0, 1], got {spec}")
-        return max(1, math.floor(spec * class_size + 0.5))
-    raise ValueError(f"spec {spec!r} is not a count, a fraction in (0, 1] or {LARGEST_MINORITY!r}")
-
-
-def _largest_minority(class_counts: Mapping[Hashable, int], dominant_classes: Collection[Hashable]) -> int:
-    if not dominant_classes:
-        raise ValueError(f"spec {LARGEST_MINORITY!r} needs a non-empty dominant_classes")
-    minority_sizes = [count for name, count in class_counts.items() if name not in dominant_classes]
-    if not minority_sizes:
-        raise ValueError(f"spec {LARGEST_MINORITY!r}: every class is in dominant_classes {list(dominant_classes)}")
-    return int(max(minority_sizes))
+    selected[_nearest_unused(pairwise_distances(kmeans.cluster_centers_, coords))] = True
+    return selected
 
 
 def _nearest_unused(centre_to_row: np.ndarray) -> np.ndarray:

@@ -10,19 +10,20 @@ from generative_augmentation.core.runtime import numpy_rng
 SPLIT_NAMES = ("train", "val", "test")
 
 
-def validate_ratios(ratios: dict[str, float]) -> dict[str, float]:
-    """Ratios for train/val/test that are non-negative and add up to 1 (parameter split.ratios)."""
+def ratio_problem(ratios: dict[str, float]) -> str | None:
+    """What is wrong with train/val/test ratios (they must be non-negative, name only the three splits, give train
+    and test a share, and add up to 1), or None; the text reads after the parameter's name."""
     unknown = sorted(set(ratios) - set(SPLIT_NAMES))
     if unknown:
-        raise ValueError(f"Unknown split name(s) {unknown} in parameter split.ratios; use {list(SPLIT_NAMES)}")
+        return f"names unknown split(s) {unknown}; use {list(SPLIT_NAMES)}"
     values = {name: float(ratios.get(name, 0.0)) for name in SPLIT_NAMES}
     if any(value < 0 for value in values.values()):
-        raise ValueError(f"Parameter split.ratios has a negative ratio: {values}")
+        return f"has a negative ratio: {values}"
     if not np.isclose(sum(values.values()), 1.0, atol=1e-6):
-        raise ValueError(f"Parameter split.ratios must add up to 1, got {sum(values.values()):.4f} from {values}")
+        return f"must add up to 1, got {sum(values.values()):.4f} from {values}"
     if values["train"] <= 0 or values["test"] <= 0:
-        raise ValueError(f"Parameter split.ratios needs train > 0 and test > 0, got {values}")
-    return values
+        return f"needs train > 0 and test > 0, got {values}"
+    return None
 
 
 def stratified_group_split(labels: np.ndarray, groups: np.ndarray, ratios: dict[str, float], seed: int) -> np.ndarray:
@@ -32,7 +33,10 @@ def stratified_group_split(labels: np.ndarray, groups: np.ndarray, ratios: dict[
     per-class deficit against its target, weighted by the group's class counts, is largest. scikit-learn's
     StratifiedGroupKFold only makes equal folds, so it cannot honour arbitrary ratios.
     """
-    ratios = validate_ratios(ratios)
+    problem = ratio_problem(ratios)
+    if problem:
+        raise ValueError(f"Split ratios {problem}")
+    ratios = {name: float(ratios.get(name, 0.0)) for name in SPLIT_NAMES}
     labels, groups = np.asarray(labels), np.asarray(groups)
     classes, label_index = np.unique(labels, return_inverse=True)
     group_ids, group_index = np.unique(groups, return_inverse=True)

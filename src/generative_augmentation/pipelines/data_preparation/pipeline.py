@@ -2,7 +2,7 @@
 
 from kedro.pipeline import Pipeline, node
 
-from .nodes import assign_splits, audit_leakage, decode_images, select_classes, working_images
+from .nodes import assign_splits, audit_leakage, decode_images, select_classes, write_working_images
 
 
 def create_pipeline(**kwargs) -> Pipeline:
@@ -27,6 +27,6 @@ def create_pipeline(**kwargs) -> Pipeline:
                 ["manifest", "split_audit"],
                 name="audit_leakage",
             ),
-            node(working_images, ["manifest", "decoded_arrays"], "real_images", name="write_working_images"),
+            node(write_working_images, ["manifest", "decoded_arrays"], "real_images", name="write_working_images"),
         ]
     )

@@ -1,146 +1,153 @@
-"""Nodes of the evaluation pipeline: train per seed, select on real val, score once on real test."""
+"""Nodes of the evaluation pipeline: per scenario, train a classifier per replicate, select on real validation
+images, score once on real test images; across scenarios, the statistics, figures, generative quality and report.
+"""
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
-import numpy as np
 import pandas as pd
-import torch
 from matplotlib.figure import Figure
 
-from generative_augmentation.core.classifier import TrainingConfig, predict_proba, rebuild_classifier, train_classifier
-from generative_augmentation.core.images import augment_copy, channels_for, stack_partitions, traditional_augmentation
-from generative_augmentation.core.metrics import classification_scores, confusion
-from generative_augmentation.core.plots import confusion_matrix_figure
-from generative_augmentation.core.runtime import derive_seed
-
-logger = logging.getLogger(__name__)
-
-
-def class_names_of(manifest: pd.DataFrame) -> list[str]:
-    """Class names in label order."""
-    return manifest.drop_duplicates("label").sort_values("label")["class_name"].tolist()
-
-
-def split_arrays(manifest: pd.DataFrame, images: dict, split: str, image: dict) -> tuple[np.ndarray, np.ndarray]:
-    """Images and labels of one real split."""
-    rows = manifest[manifest["split"] == split]
-    arrays = stack_partitions(images, rows["image_key"], int(image["size"]), image["mode"])
-    return arrays, rows["label"].to_numpy()
+from generative_augmentation.core import evaluation, study
+from generative_augmentation.core.classifier import ClassifierConfig
+from generative_augmentation.core.evaluation import EvaluationConfig
+from generative_augmentation.core.generative_metrics import quality_table
+from generative_augmentation.core.images import AugmentationConfig, ImageSpec, stack_images
+from generative_augmentation.core.manifest import class_names, resolve_classes, split_arrays, split_rows, train_counts
+from generative_augmentation.core.metrics import confusion
+from generative_augmentation.core.plots import confusion_matrix_figure, ratio_curves, real_beside_synthetic, recall_bars
+from generative_augmentation.core.report import ReportInputs, build_report
+from generative_augmentation.core.runtime import numpy_rng
+from generative_augmentation.core.scenarios import ScenarioConfig, StudyConfig, study_scenarios
 
 
-def training_arrays(
-    training_manifest: pd.DataFrame, real_images: dict, synthetic_images: dict | None, image: dict[str, Any]
-) -> tuple[np.ndarray, np.ndarray]:
-    """Images and labels of a scenario's training manifest (real, synthetic and traditional copies)."""
-    size, mode = int(image["size"]), image["mode"]
-    arrays = np.zeros((len(training_manifest), size, size, channels_for(mode)), dtype=np.uint8)
-    origin = training_manifest["origin"].to_numpy()
-    for kind, source in (("real", real_images), ("traditional", real_images), ("synthetic", synthetic_images)):
-        mask = origin == kind
-        if mask.any():
-            if source is None:
-                raise ValueError(f"The training manifest has {kind} rows but no {kind} images were given")
-            arrays[mask] = stack_partitions(source, training_manifest.loc[mask, "image_key"], size, mode)
-    unknown = sorted(set(origin) - {"real", "traditional", "synthetic"})
-    if unknown:
-        raise ValueError(f"Unknown origin(s) {unknown} in the training manifest (column 'origin')")
-    traditional = np.flatnonzero(origin == "traditional")
-    if len(traditional):
-        transform = traditional_augmentation(size)
-        seeds = training_manifest["augment_seed"].to_numpy()
-        for row in traditional:
-            arrays[row] = augment_copy(arrays[row], transform, int(seeds[row]))
-    return arrays, training_manifest["label"].to_numpy()
-
-
-def train_scenario(
+def train_classifiers(
     training_manifest: pd.DataFrame,
     manifest: pd.DataFrame,
     real_images: dict,
+    scenario: dict[str, Any],
     classifier: dict[str, Any],
-    evaluation: dict[str, Any],
+    evaluation_parameters: dict[str, Any],
+    augmentation: dict[str, Any],
     image: dict[str, Any],
+    seed: int,
     synthetic_images: dict | None = None,
 ) -> tuple[dict[str, Any], pd.DataFrame]:
-    """Train one classifier per seed on the scenario's training set; keep each seed's best-on-val weights."""
-    seeds = [int(s) for s in evaluation.get("seeds") or []]
-    if not seeds:
-        raise ValueError("Parameter evaluation.seeds is empty: give at least one seed")
-    num_classes = int(manifest["label"].max()) + 1
-    train = training_arrays(training_manifest, real_images, synthetic_images, image)
-    val = split_arrays(manifest, real_images, "val", image)
-    state, histories, selection = {}, [], {}
-    for seed in seeds:
-        config = TrainingConfig.from_dict({**classifier, "seed": derive_seed(seed, "classifier")})
-        _, result = train_classifier(train, val, config, num_classes)
-        state.update({f"seed_{seed}.{name}": tensor for name, tensor in result.state_dict.items()})
-        histories.append(pd.DataFrame(result.history).assign(seed=seed))
-        selection[str(seed)] = {"best_epoch": result.best_epoch, "val_macro_f1": result.best_val_macro_f1}
-    config = {
-        "classifier": classifier, "seeds": seeds, "num_classes": num_classes, "image": image,
-        "class_names": class_names_of(manifest), "train_size": len(train[1]), "selection": selection,
-    }  # fmt: skip
-    return {"state_dict": state, "config": config}, pd.concat(histories, ignore_index=True)
+    """One classifier per replicate on the scenario's training set, each keeping its best-on-validation weights."""
+    spec, settings = ScenarioConfig.parse(scenario, "scenario"), EvaluationConfig.parse(evaluation_parameters)
+    image_spec = ImageSpec.parse(image)
+    train = evaluation.training_arrays(training_manifest, real_images, synthetic_images, image_spec)
+    val = split_arrays(manifest, real_images, "val", image_spec)
+    transforms = AugmentationConfig.parse(augmentation) if spec.augmented else None
+    return evaluation.train_replicates(
+        train, val, ClassifierConfig.parse(classifier), transforms, settings.replicate_seeds(seed),
+        class_names(manifest), image_spec, f"{spec.kind} x{spec.ratio:g}",
+    )  # fmt: skip
 
 
-def seed_model(weights: dict[str, Any], seed: int) -> torch.nn.Module:
-    """Rebuild the classifier of one seed from a scenario's saved weights."""
-    config, prefix = weights["config"], f"seed_{seed}."
-    classifier = config["classifier"]
-    model = rebuild_classifier(
-        classifier, config["num_classes"], int(config["image"]["size"]), channels_for(config["image"]["mode"])
+def score_on_test(
+    classifier: dict[str, Any], manifest: pd.DataFrame, real_images: dict, image: dict[str, Any]
+) -> tuple[pd.DataFrame, pd.DataFrame, Figure]:
+    """Every replicate scored once on the real test split: the metrics, the predictions, the confusion matrix."""
+    test = split_arrays(manifest, real_images, "test", ImageSpec.parse(image))
+    scores, predictions = evaluation.score_replicates(
+        classifier, test, split_rows(manifest, "test")["image_id"].to_numpy()
     )
-    model.load_state_dict({k[len(prefix) :]: v for k, v in weights["state_dict"].items() if k.startswith(prefix)})
-    return model
+    names = classifier["config"]["class_names"]
+    return scores, predictions, confusion_matrix_figure(confusion(predictions, len(names)), names)
 
 
-def score_scenario(
-    weights: dict[str, Any], manifest: pd.DataFrame, real_images: dict, image: dict[str, Any]
-) -> tuple[pd.DataFrame, dict[str, Any], Figure, pd.DataFrame]:
-    """Score every seed once on the real test split.
+def collect_metrics(
+    manifest: pd.DataFrame, study_parameters: dict[str, Any], definitions: dict[str, Any], **test_scores: pd.DataFrame
+) -> pd.DataFrame:
+    """One row per (scenario, replicate, metric, class), with ``minority`` rows for the augmented classes."""
+    arms = study_scenarios(study_parameters, definitions)
+    return study.collect_metrics(arms, test_scores, _minority(manifest, study_parameters))
 
-    Returns the long metrics table (seed, metric, class, value), MLflow metrics (mean over seeds), the
-    confusion matrix summed over seeds, and the test predictions.
-    """
-    test_images, test_labels = split_arrays(manifest, real_images, "test", image)
-    class_names = weights["config"]["class_names"]
-    rows, matrix, predictions = [], np.zeros((len(class_names),) * 2, dtype=int), []
-    test_ids = manifest.loc[manifest["split"] == "test", "image_id"].to_numpy()
-    for seed in weights["config"]["seeds"]:
-        proba = predict_proba(seed_model(weights, seed), test_images)
-        matrix += confusion(test_labels, proba, len(class_names))
-        rows += [
-            {"seed": seed, **_split_metric_name(name), "value": v}
-            for name, v in classification_scores(test_labels, proba, class_names).items()
-        ]
-        predictions.append(
-            pd.DataFrame(
-                {
-                    "image_id": test_ids,
-                    "seed": seed,
-                    "label": test_labels,
-                    "predicted": proba.argmax(1),
-                    "confidence": proba.max(1),
-                }
-            )
+
+def summarise(scenario_metrics: pd.DataFrame, evaluation_parameters: dict[str, Any]) -> pd.DataFrame:
+    """Mean and interval per scenario and metric, and the paired difference to ``real``."""
+    return study.summarise(scenario_metrics, EvaluationConfig.parse(evaluation_parameters).confidence)
+
+
+def plot_ratio_curves(scenario_statistics: pd.DataFrame, evaluation_parameters: dict[str, Any]) -> Figure:
+    return ratio_curves(scenario_statistics, EvaluationConfig.parse(evaluation_parameters).confidence)
+
+
+def plot_recall_bars(
+    scenario_statistics: pd.DataFrame, manifest: pd.DataFrame, evaluation_parameters: dict[str, Any]
+) -> Figure:
+    return recall_bars(
+        scenario_statistics, class_names(manifest), EvaluationConfig.parse(evaluation_parameters).confidence
+    )
+
+
+def measure_generative_quality(
+    labeled_synthetic: pd.DataFrame,
+    synthetic_images: dict,
+    manifest: pd.DataFrame,
+    real_images: dict,
+    image: dict[str, Any],
+    evaluation_parameters: dict[str, Any],
+    seed: int,
+) -> pd.DataFrame:
+    """KID, FID, precision and recall of the kept synthetic images per class, against real reference images."""
+    kept = labeled_synthetic[labeled_synthetic["verdict"] == "keep"]
+    config = EvaluationConfig.parse(evaluation_parameters).quality
+    return quality_table(manifest, real_images, kept, synthetic_images, ImageSpec.parse(image), config, seed)
+
+
+def draw_samples(
+    manifest: pd.DataFrame,
+    real_images: dict,
+    labeled_synthetic: pd.DataFrame,
+    synthetic_images: dict,
+    image: dict[str, Any],
+    seed: int,
+) -> Figure:
+    """Random real train images beside random kept synthetic images, per class that has synthetic images."""
+    spec, rng, per_row = ImageSpec.parse(image), numpy_rng(seed), 8
+    kept = labeled_synthetic[labeled_synthetic["verdict"] == "keep"]
+    train = split_rows(manifest, "train")
+    real, fake = {}, {}
+    for name, rows in kept.groupby("final_class"):
+        real_keys = train.loc[train["class_name"] == name, "image_key"].to_numpy()
+        real[name] = stack_images(real_images, rng.choice(real_keys, min(per_row, len(real_keys)), replace=False), spec)
+        fake[name] = stack_images(
+            synthetic_images, rng.choice(rows["image_key"].to_numpy(), min(per_row, len(rows)), replace=False), spec
         )
-    table = pd.DataFrame(rows)
-    means = table.groupby(["metric", "class_name"])["value"].mean()
-    mlflow_metrics = {
-        (f"test_{metric}" if cls == "macro" else f"test_{metric}.{cls}"): {"value": float(v), "step": 0}
-        for (metric, cls), v in means.items() if np.isfinite(v)
-    }  # fmt: skip
-    figure = confusion_matrix_figure(matrix, class_names, normalise=True)
-    return table, mlflow_metrics, figure, pd.concat(predictions, ignore_index=True)
+    return real_beside_synthetic(real, fake, "Real train (top) beside kept synthetic (bottom), per class", per_row)
 
 
-def _split_metric_name(name: str) -> dict[str, str]:
-    """``recall.grade_1`` → metric ``recall``, class ``grade_1``; ``macro_f1`` → ``f1``, ``macro``."""
-    if "." in name:
-        metric, class_name = name.split(".", 1)
-        return {"metric": metric, "class_name": class_name}
-    metric = {"auc_ovr": "auc"}.get(name, name.removeprefix("macro_"))
-    return {"metric": metric, "class_name": "macro"}
+def write_report(
+    scenario_statistics: pd.DataFrame,
+    scenario_summary: pd.DataFrame,
+    split_audit: pd.DataFrame,
+    manifest: pd.DataFrame,
+    study_parameters: dict[str, Any],
+    evaluation_parameters: dict[str, Any],
+    generative_quality: pd.DataFrame | None = None,
+    samples: Figure | None = None,
+    **test_predictions: pd.DataFrame,
+) -> str:
+    """The self-contained HTML report (its figures drawn again from the statistics: figures do not load back)."""
+    config, names = EvaluationConfig.parse(evaluation_parameters), class_names(manifest)
+    figures = {
+        "ratio_curves": ratio_curves(scenario_statistics, config.confidence),
+        "recall_bars": recall_bars(scenario_statistics, names, config.confidence),
+    }
+    if samples is not None:
+        figures["samples"] = samples
+    confusions = {name: confusion(table, len(names)) for name, table in test_predictions.items()}
+    return build_report(ReportInputs(
+        title=config.report_title, summary=scenario_statistics, scenario_summary=scenario_summary,
+        split_audit=split_audit, confusions=confusions, class_names=names,
+        minority=_minority(manifest, study_parameters), confidence=config.confidence, figures=figures,
+        quality=generative_quality, nearest_k=config.quality.nearest_k,
+    ))  # fmt: skip
+
+
+def _minority(manifest: pd.DataFrame, study_parameters: dict[str, Any]) -> list[str]:
+    config = StudyConfig.parse(study_parameters)
+    return resolve_classes(config.augment_classes, train_counts(manifest), config.parameter("augment_classes"))

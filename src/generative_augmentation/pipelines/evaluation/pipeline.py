@@ -1,132 +1,116 @@
-"""The evaluation pipeline: one template per scenario (namespace = scenario), then the across-scenario study."""
+"""The evaluation pipeline: one namespaced template per scenario of the study, then the across-scenario study.
 
-from typing import Any
+The arms are passed in by the registry from the active environment's ``study.arms``; each namespace reads its own
+parameter subtree ``scenarios.<name>``, as the kedro-viz demo's modelling pipeline does per model type.
+"""
 
-import pandas as pd
+from collections.abc import Mapping
+
 from kedro.pipeline import Pipeline, node
 
-from generative_augmentation.scenarios import USES_SYNTHETIC, configured_scenarios
+from generative_augmentation.core.scenarios import ScenarioConfig
 
-from .nodes import class_names_of, score_scenario, train_scenario
-from .report import build_report, sample_grid
-from .study import (
-    collect_scenario_metrics,
-    generative_quality,
-    ratio_curves,
-    recall_bars,
-    summarise_scenarios,
-    summed_confusions,
+from .nodes import (
+    collect_metrics,
+    draw_samples,
+    measure_generative_quality,
+    plot_ratio_curves,
+    plot_recall_bars,
+    score_on_test,
+    summarise,
+    train_classifiers,
+    write_report,
 )
 
-SHARED_INPUTS = {"manifest", "real_images"}
-SHARED_PARAMETERS = {"params:classifier", "params:evaluation", "params:image"}
+SHARED_PARAMETERS = ("params:classifier", "params:evaluation", "params:augmentation", "params:image", "params:seed")
 
 
-def scenario_template(uses_synthetic: bool) -> Pipeline:
-    """Train per seed on ``training_manifest``, select on real val, score once on real test."""
-    inputs = ["training_manifest", "manifest", "real_images", "params:classifier", "params:evaluation", "params:image"]
+def scenario_template(spec: ScenarioConfig) -> Pipeline:
+    """Train per replicate on ``training_manifest``, select on real validation images, score once on real test."""
+    inputs = {
+        "training_manifest": "training_manifest", "manifest": "manifest", "real_images": "real_images",
+        "scenario": "params:scenario", "classifier": "params:classifier", "evaluation_parameters": "params:evaluation",
+        "augmentation": "params:augmentation", "image": "params:image", "seed": "params:seed",
+    }  # fmt: skip
+    if spec.uses_synthetic:
+        inputs["synthetic_images"] = "synthetic_images"
     return Pipeline(
         [
+            node(train_classifiers, inputs, ["classifier", "training_history"], name="train_classifier"),
             node(
-                train_scenario,
-                inputs + (["synthetic_images"] if uses_synthetic else []),
-                ["classifier", "training_history"],
-                name="train_classifier",
-            ),
-            node(
-                score_scenario,
+                score_on_test,
                 ["classifier", "manifest", "real_images", "params:image"],
-                ["test_scores", "mlflow_metrics", "confusion_matrix", "test_predictions"],
+                ["test_scores", "test_predictions", "confusion_matrix"],
                 name="score_on_test",
             ),
         ]
     )
 
 
-def _collector(scenarios: dict[str, dict[str, Any]]):
-    def collect_scenario_metrics_node(manifest: pd.DataFrame, **test_scores: pd.DataFrame) -> pd.DataFrame:
-        return collect_scenario_metrics(scenarios, manifest, **test_scores)
-
-    collect_scenario_metrics_node.__doc__ = collect_scenario_metrics.__doc__
-    return collect_scenario_metrics_node
-
-
-def report_node(
-    summary, scenario_summary, split_audit, manifest, title, quality=None, samples=None, **test_predictions
-) -> str:
-    """The HTML report (figures redrawn from the statistics and each scenario's saved test predictions)."""
-    class_names = class_names_of(manifest)
-    confusions = summed_confusions(len(class_names), **test_predictions)
-    curves, bars = ratio_curves(summary), recall_bars(summary, manifest)
-    return build_report(
-        summary, scenario_summary, quality, split_audit, curves, bars, samples, confusions, class_names, title
-    )
-
-
-def create_pipeline(**kwargs) -> Pipeline:
-    scenarios = configured_scenarios()
-    uses_synthetic = any(spec["kind"] in USES_SYNTHETIC for spec in scenarios.values())
-    per_scenario = sum(
-        (
-            Pipeline(
-                scenario_template(spec["kind"] in USES_SYNTHETIC),
-                namespace=name,
-                inputs=SHARED_INPUTS | ({"synthetic_images"} if spec["kind"] in USES_SYNTHETIC else set()),
-                parameters=SHARED_PARAMETERS,
-            )
-            for name, spec in scenarios.items()
-        ),
-        start=Pipeline([]),
-    )
+def create_pipeline(arms: Mapping[str, ScenarioConfig] | None = None, **kwargs) -> Pipeline:
+    arms = arms or {"real": ScenarioConfig()}
+    per_scenario = [
+        Pipeline(
+            scenario_template(spec),
+            namespace=name,
+            inputs={"manifest", "real_images"} | ({"synthetic_images"} if spec.uses_synthetic else set()),
+            parameters={
+                "params:scenario": f"params:scenarios.{name}",
+                **{parameter: parameter for parameter in SHARED_PARAMETERS},
+            },
+        )
+        for name, spec in arms.items()
+    ]
+    uses_synthetic = any(spec.uses_synthetic for spec in arms.values())
     study = [
         node(
-            _collector(scenarios),
-            {"manifest": "manifest", **{name: f"{name}.test_scores" for name in scenarios}},
+            collect_metrics,
+            {
+                "manifest": "manifest",
+                "study_parameters": "params:study",
+                "definitions": "params:scenarios",
+                **{name: f"{name}.test_scores" for name in arms},
+            },
             "scenario_metrics",
             name="collect_scenario_metrics",
+        ),  # fmt: skip
+        node(summarise, ["scenario_metrics", "params:evaluation"], "scenario_statistics", name="statistics"),
+        node(plot_ratio_curves, ["scenario_statistics", "params:evaluation"], "ratio_curves", name="plot_ratio_curves"),
+        node(
+            plot_recall_bars,
+            ["scenario_statistics", "manifest", "params:evaluation"],
+            "recall_bars",
+            name="plot_recall_bars",
         ),
-        node(summarise_scenarios, ["scenario_metrics", "params:evaluation"], "scenario_statistics", name="statistics"),
-        node(ratio_curves, "scenario_statistics", "ratio_curves", name="plot_ratio_curves"),
-        node(recall_bars, ["scenario_statistics", "manifest"], "recall_bars", name="plot_recall_bars"),
     ]
+    report_inputs = {
+        "scenario_statistics": "scenario_statistics", "scenario_summary": "scenario_summary",
+        "split_audit": "split_audit", "manifest": "manifest", "study_parameters": "params:study",
+        "evaluation_parameters": "params:evaluation", **{name: f"{name}.test_predictions" for name in arms},
+    }  # fmt: skip
     if uses_synthetic:
         study += [
             node(
-                generative_quality,
+                measure_generative_quality,
                 [
                     "labeled_synthetic",
                     "synthetic_images",
                     "manifest",
                     "real_images",
                     "params:image",
-                    "params:evaluation.quality",
+                    "params:evaluation",
                     "params:seed",
                 ],
                 "generative_quality",
                 name="generative_quality",
-            ),  # fmt: skip
+            ),
             node(
-                sample_grid,
+                draw_samples,
                 ["manifest", "real_images", "labeled_synthetic", "synthetic_images", "params:image", "params:seed"],
                 "report_samples",
                 name="report_sample_grid",
             ),
         ]
-    synthetic_inputs = {"quality": "generative_quality", "samples": "report_samples"} if uses_synthetic else {}
-    study.append(
-        node(
-            report_node,
-            {
-                "summary": "scenario_statistics",
-                "scenario_summary": "scenario_summary",
-                "split_audit": "split_audit",
-                "manifest": "manifest",
-                "title": "params:evaluation.report_title",
-                **synthetic_inputs,
-                **{name: f"{name}.test_predictions" for name in scenarios},
-            },
-            "report",
-            name="build_report",
-        )  # fmt: skip
-    )
-    return per_scenario + Pipeline(study)
+        report_inputs |= {"generative_quality": "generative_quality", "samples": "report_samples"}
+    study.append(node(write_report, report_inputs, "report", name="build_report"))
+    return sum(per_scenario, start=Pipeline([])) + Pipeline(study)

@@ -2,7 +2,7 @@
 
 from kedro.pipeline import Pipeline, node
 
-from .nodes import cluster_classes, embed_real_images, plot_cluster_maps
+from .nodes import cluster_train_images, embed_real_images, plot_cluster_maps
 
 
 def create_pipeline(**kwargs) -> Pipeline:
@@ -10,12 +10,19 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             node(
                 embed_real_images,
-                ["manifest", "real_images", "params:feature_clustering", "params:image", "params:seed"],
+                [
+                    "manifest",
+                    "real_images",
+                    "params:feature_clustering",
+                    "params:classifier",
+                    "params:image",
+                    "params:seed",
+                ],
                 ["embeddings", "feature_extractor"],
                 name="embed_real_images",
             ),
             node(
-                cluster_classes,
+                cluster_train_images,
                 ["embeddings", "manifest", "params:feature_clustering", "params:seed"],
                 ["clusters", "cluster_summary", "feature_clustering_metrics"],
                 name="cluster_classes",

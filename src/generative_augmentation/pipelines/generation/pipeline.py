@@ -16,13 +16,21 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             node(
                 train_generator,
-                ["generator_training_set", "real_images", "params:generation", "params:image", "params:seed"],
+                [
+                    "generator_training_set",
+                    "manifest",
+                    "real_images",
+                    "generator_checkpoints",
+                    "params:generation",
+                    "params:image",
+                    "params:seed",
+                ],
                 ["generator", "generator_training_log"],
                 name="train_generator",
-            ),
+            ),  # fmt: skip
             node(
                 generate_synthetic_pool,
-                ["generator", "synthetic_pool_plan", "real_images", "params:generation", "params:image"],
+                ["generator", "synthetic_pool_plan", "real_images"],
                 ["synthetic_images", "synthetic_manifest"],
                 name="generate_synthetic_pool",
             ),
@@ -36,10 +44,9 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "generator_training_set",
                     "real_images",
                     "params:generation",
-                    "params:image",
                 ],
                 ["generation_sample_grids", "generation_loss_curve", "generation_metrics", "generation_pool_summary"],
                 name="report_generation",
-            ),
+            ),  # fmt: skip
         ]
     )

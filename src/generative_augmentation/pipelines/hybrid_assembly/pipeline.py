@@ -1,48 +1,55 @@
-"""The hybrid_assembly pipeline: one assembly node per configured scenario."""
+"""The hybrid_assembly pipeline: one namespaced assembly node per scenario of the study, then a summary.
+
+The arms come from the active environment's parameters (``study.arms``), passed in by the registry; each
+namespaced node reads its own parameter subtree ``scenarios.<name>``, as the kedro-viz demo's modelling pipeline
+gives each model type its own ``<model>.model_options``.
+"""
+
+from collections.abc import Mapping
 
 from kedro.pipeline import Pipeline, node
 
-from generative_augmentation.scenarios import USES_SYNTHETIC, configured_scenarios
+from generative_augmentation.core.scenarios import ScenarioConfig
 
-from .nodes import assemble_scenario, scenario_table
-
-
-def _with_spec(name: str, spec: dict):
-    """``assemble_scenario`` with this scenario's spec bound (the node's inputs follow its kind)."""
-    spec = {**spec, "name": name}
-
-    def assemble(manifest, hybrid_assembly, seed, *tables):
-        labeled = tables[0] if spec["kind"] in USES_SYNTHETIC else None
-        selected = tables[1] if spec["kind"] == "reduced_synthetic" else None
-        return assemble_scenario(manifest, spec, hybrid_assembly, seed, labeled, selected)
-
-    assemble.__doc__ = assemble_scenario.__doc__
-    return assemble
+from .nodes import assemble_training_manifest, summarise_scenarios
 
 
-def _summary(scenarios: dict):
-    def summarise_scenarios(**manifests):
-        return scenario_table(scenarios, **manifests)
+def scenario_template(spec: ScenarioConfig) -> Pipeline:
+    """The assembly of one scenario; its inputs follow its kind."""
+    inputs = {"manifest": "manifest", "scenario": "params:scenario", "study": "params:study", "seed": "params:seed"}
+    if spec.uses_synthetic:
+        inputs["labeled_synthetic"] = "labeled_synthetic"
+    if spec.uses_selection:
+        inputs["selected_images"] = "selected_images"
+    if spec.controls is not None:
+        inputs["controlled"] = "params:controlled"
+    return Pipeline([node(assemble_training_manifest, inputs, "training_manifest", name="assemble")])
 
-    return summarise_scenarios
 
-
-def create_pipeline(**kwargs) -> Pipeline:
-    scenarios = configured_scenarios()
-    nodes = []
-    for name, spec in scenarios.items():
-        inputs = ["manifest", "params:hybrid_assembly", "params:seed"]
-        if spec["kind"] in USES_SYNTHETIC:
-            inputs.append("labeled_synthetic")
-        if spec["kind"] == "reduced_synthetic":
-            inputs.append("selected_images")
-        nodes.append(node(_with_spec(name, spec), inputs, f"{name}.training_manifest", name="assemble", namespace=name))
-    nodes.append(
-        node(
-            _summary(scenarios),
-            {name: f"{name}.training_manifest" for name in scenarios},
-            "scenario_summary",
-            name="summarise_scenarios",
+def create_pipeline(arms: Mapping[str, ScenarioConfig] | None = None, **kwargs) -> Pipeline:
+    arms = arms or {"real": ScenarioConfig()}
+    per_scenario = [
+        Pipeline(
+            scenario_template(spec),
+            namespace=name,
+            inputs={"manifest", "labeled_synthetic", "selected_images"} & set(scenario_template(spec).inputs()),
+            parameters={
+                "params:scenario": f"params:scenarios.{name}",
+                "params:study": "params:study",
+                "params:seed": "params:seed",
+            }
+            | ({"params:controlled": f"params:scenarios.{spec.controls}"} if spec.controls else {}),
         )
+        for name, spec in arms.items()
+    ]
+    summary = node(
+        summarise_scenarios,
+        {
+            "study": "params:study",
+            "definitions": "params:scenarios",
+            **{name: f"{name}.training_manifest" for name in arms},
+        },
+        "scenario_summary",
+        name="summarise_scenarios",
     )
-    return Pipeline(nodes)
+    return sum(per_scenario, start=Pipeline([])) + Pipeline([summary])

@@ -18,13 +18,20 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             node(
                 load_synthetic_pool,
-                ["synthetic_manifest", "synthetic_images", "manifest", "params:pseudo_labeling", "params:image"],
+                ["synthetic_manifest", "synthetic_images", "manifest", "params:image"],
                 "synthetic_arrays",
                 name="load_synthetic_pool",
             ),
             node(
                 train_labeler,
-                ["manifest", "real_images", "params:pseudo_labeling", "params:image", "params:seed"],
+                [
+                    "manifest",
+                    "real_images",
+                    "params:pseudo_labeling",
+                    "params:classifier",
+                    "params:image",
+                    "params:seed",
+                ],
                 ["labeler", "labeler_history"],
                 name="train_labeler",
             ),

@@ -2,14 +2,14 @@
 
 from kedro.pipeline import Pipeline, node
 
-from .nodes import plot_selection, select_representatives
+from .nodes import plot_selection, select_dominant_subsets
 
 
 def create_pipeline(**kwargs) -> Pipeline:
     return Pipeline(
         [
             node(
-                select_representatives,
+                select_dominant_subsets,
                 ["manifest", "embeddings", "params:reduction", "params:seed"],
                 ["selected_images", "reduction_summary", "reduction_metrics"],
                 name="select_representatives",

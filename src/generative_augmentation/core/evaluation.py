@@ -1,0 +1,124 @@
+"""One arm of the study: train a classifier per replicate on its training manifest, select on real validation
+images, score once on real test images."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from generative_augmentation.core.classifier import (
+    ClassifierConfig,
+    classifier_from_record,
+    classifier_record,
+    predict_proba,
+    train_classifier,
+)
+from generative_augmentation.core.config import Config
+from generative_augmentation.core.generative_metrics import QualityConfig
+from generative_augmentation.core.images import AugmentationConfig, ImageSpec, stack_images
+from generative_augmentation.core.metrics import classification_scores
+from generative_augmentation.core.runtime import derive_seed
+from generative_augmentation.core.scenarios import ORIGINS
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EvaluationConfig(Config):
+    """How many classifiers each arm trains (``replicates``, paired across arms by seed), the intervals' level,
+    the report's title and the generative-quality settings."""
+
+    where = "evaluation"
+    replicates: int = 3
+    confidence: float = 0.95
+    report_title: str = "Synthetic augmentation study"
+    quality: QualityConfig = field(default_factory=QualityConfig)
+
+    def checks(self):
+        yield from self.at_least("replicates")
+        yield from self.within("confidence", 0.5, 1, open_high=True)
+
+    def replicate_seeds(self, seed: int) -> dict[int, int]:
+        """``{replicate: classifier seed}``, derived from the project seed, the same in every arm."""
+        return {replicate: derive_seed(seed, "classifier", replicate) for replicate in range(self.replicates)}
+
+
+def training_arrays(
+    training_manifest: pd.DataFrame,
+    real_images: Mapping[str, Any],
+    synthetic_images: Mapping[str, Any] | None,
+    image: ImageSpec,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Images and labels of a scenario's training manifest (real, duplicated real and synthetic rows)."""
+    origin = training_manifest["origin"].to_numpy()
+    unknown = sorted(set(origin) - set(ORIGINS))
+    if unknown:
+        raise ValueError(
+            f"Unknown origin(s) {unknown} in the training manifest (column 'origin'); known: {list(ORIGINS)}"
+        )
+    arrays = image.empty(len(training_manifest))
+    for kind, source in (("real", real_images), ("duplicate", real_images), ("synthetic", synthetic_images)):
+        mask = origin == kind
+        if mask.any():
+            if source is None:
+                raise ValueError(f"The training manifest has {kind} rows but no {kind} images were given")
+            arrays[mask] = stack_images(source, training_manifest.loc[mask, "image_key"], image)
+    return arrays, training_manifest["label"].to_numpy(dtype=np.int64)
+
+
+def train_replicates(
+    train: tuple[np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray],
+    config: ClassifierConfig,
+    augmentation: AugmentationConfig | None,
+    seeds: Mapping[int, int],
+    class_names: list[str],
+    image: ImageSpec,
+    scenario: str,
+) -> tuple[dict[str, Any], pd.DataFrame]:
+    """One classifier per replicate; returns their weights as one record (``replicate_<r>.`` prefixes) and the
+    validation history of every replicate."""
+    state, histories, selection = {}, [], {}
+    for replicate, seed in seeds.items():
+        _, result = train_classifier(
+            train, val, config, len(class_names), seed, augmentation, description=f"{scenario} replicate {replicate}"
+        )
+        state |= {f"replicate_{replicate}.{name}": tensor for name, tensor in result.state_dict.items()}
+        histories.append(pd.DataFrame(result.history).assign(replicate=replicate))
+        selection[str(replicate)] = {"best_step": result.best_step, "val_macro_f1": result.best_val_macro_f1}
+    record = classifier_record(
+        state, config, class_names, image, replicates=list(seeds), train_size=len(train[1]), selection=selection
+    )
+    return record, pd.concat(histories, ignore_index=True)
+
+
+def score_replicates(
+    record: Mapping[str, Any], test: tuple[np.ndarray, np.ndarray], test_ids: np.ndarray
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Score every replicate once on the real test images: the long metrics table (replicate, metric,
+    class_name, value) and the test predictions (with every class probability)."""
+    images, labels = test
+    names = record["config"]["class_names"]
+    rows, predictions = [], []
+    for replicate in record["config"]["replicates"]:
+        proba = predict_proba(classifier_from_record(record, f"replicate_{replicate}."), images)
+        rows += [{"replicate": replicate, **split_metric_name(name), "value": value}
+                 for name, value in classification_scores(labels, proba, names).items()]  # fmt: skip
+        frame = pd.DataFrame(
+            {"image_id": test_ids, "replicate": replicate, "label": labels, "predicted": proba.argmax(1)}
+        )
+        predictions.append(frame.assign(**{f"p_{index}": proba[:, index] for index in range(len(names))}))
+    return pd.DataFrame(rows), pd.concat(predictions, ignore_index=True)
+
+
+def split_metric_name(name: str) -> dict[str, str]:
+    """``recall.grade_1`` → metric ``recall``, class ``grade_1``; ``macro_f1`` → ``f1``, ``macro``."""
+    if "." in name:
+        metric, class_name = name.split(".", 1)
+        return {"metric": metric, "class_name": class_name}
+    return {"metric": name.removeprefix("macro_"), "class_name": "macro"}

@@ -1,0 +1,318 @@
+"""The synthetic pool: its settings, its plan, and fitting and sampling the configured generator.
+
+The plan fixes every synthetic image before any training: its class, cluster, seed, source image and sampling
+settings, so one row of the pool's manifest is enough to regenerate its image. Pool sizes follow the real train
+counts; within a class, each cluster gets a share proportional to its size (largest-remainder rounding).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Self
+
+import numpy as np
+import pandas as pd
+
+from generative_augmentation.core.config import Config, ConfigError
+from generative_augmentation.core.generators import (
+    GENERATORS,
+    SAMPLING_COLUMNS,
+    Generator,
+    TrainingImages,
+    generator_class,
+)
+from generative_augmentation.core.images import ImageSpec, stack_images
+from generative_augmentation.core.manifest import class_names, resolve_classes, split_rows, train_counts
+from generative_augmentation.core.runtime import derive_seed, numpy_rng
+
+logger = logging.getLogger(__name__)
+
+NO_CLUSTER = -1
+TRAINING_SET_COLUMNS = ["image_id", "image_key", "label", "class_name", "cluster", "cluster_index"]
+POOL_COLUMNS = [
+    "image_id", "image_key", "intended_class", "label", "generator", "seed", "cluster", "cluster_index",
+    "source_image_id", "source_image_key", *SAMPLING_COLUMNS,
+]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class PoolConfig(Config):
+    """How many synthetic images each generated class gets."""
+
+    where = "generation.pool"
+    multiple: float = 4.0  # images per class = multiple x the class's real train count ...
+    balance_to_largest: bool = False  # ... or, when true, the gap to the largest class's train count
+    cover_balanced: bool = True  # never fewer than the gap to the largest class (for the `balanced` scenario)
+    oversample: float = 1.25  # extra share on top, so the pool still covers the ratios after pseudo_labeling drops
+
+    def checks(self):
+        yield from self.positive("multiple")
+        yield "oversample", self.oversample >= 1, f"must be at least 1 (it only adds images), got {self.oversample}"
+
+
+@dataclass(frozen=True)
+class GenerationReport(Config):
+    where = "generation.report"
+    images_per_row: int = 8
+
+    def checks(self):
+        yield from self.at_least("images_per_row")
+
+
+@dataclass(frozen=True)
+class GenerationConfig(Config):
+    """The ``generation`` parameters: which generator, which classes, how big a pool; the chosen generator's own
+    settings sit under ``generation.<generator>``."""
+
+    where = "generation"
+    generator: str = "ddpm"
+    classes: list[str] | None = None
+    pool: PoolConfig = field(default_factory=PoolConfig)
+    use_clusters: bool | Literal["auto"] = "auto"
+    min_train_images_per_class: int = 10
+    keep_checkpoints: bool = False
+    device: str | None = None
+    report: GenerationReport = field(default_factory=GenerationReport)
+    settings: Any = None  # the generator's parsed settings (``generation.<generator>``)
+
+    def checks(self):
+        yield "generator", self.generator in GENERATORS, f"must be one of {sorted(GENERATORS)}, got {self.generator!r}"
+        yield from self.at_least("min_train_images_per_class")
+
+    @classmethod
+    def parse(cls, values: Mapping[str, Any] | None, where: str | None = None, base: Self | None = None) -> Self:
+        """Parse the common keys, then the chosen generator's block with its own settings class."""
+        where = cls.where if where is None else where
+        values = dict(values or {})
+        blocks = {kind: values.pop(kind) for kind in list(values) if kind in GENERATORS}
+        if "settings" in values:
+            raise ConfigError(f"Unknown parameter(s) {where}.settings")
+        config = super().parse(values, where, base)
+        # every generator's block is checked (a typo surfaces whichever generator is chosen); the chosen one is kept
+        parsed = {
+            kind: GENERATORS[kind].settings_class.parse(block, f"{where}.{kind}") for kind, block in blocks.items()
+        }
+        chosen = parsed.get(config.generator) or config.generator_class.settings_class.parse(
+            None, f"{where}.{config.generator}"
+        )
+        return config.replace(settings=chosen)
+
+    @property
+    def generator_class(self) -> type[Generator]:
+        return generator_class(self.generator)
+
+
+def plan_pool(
+    manifest: pd.DataFrame, clusters: pd.DataFrame | None, config: GenerationConfig, seed: int
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Check the settings against the data; return the generator's training set and the pool plan.
+
+    The training set is the real TRAIN split only (with each image's cluster when clusters are used); the plan has
+    one row per synthetic image to generate, with its seed derived from ``seed``.
+    """
+    kind = config.generator_class
+    names = class_names(manifest)
+    kind.check(config.settings, names)
+    training_set = training_images_table(manifest, clusters, config.use_clusters)
+    counts = train_counts(manifest)
+    targets = resolve_classes(config.classes, counts, config.parameter("classes"))
+    for name in targets:
+        if counts[name] < config.min_train_images_per_class:
+            raise ConfigError(
+                f"Class {name!r} has {counts[name]} train images, fewer than "
+                f"{config.parameter('min_train_images_per_class')} ({config.min_train_images_per_class}): too few to "
+                "train a generator on. Leave it out of generation.classes or lower the minimum"
+            )
+    sizes = pool_sizes(counts, targets, config.pool)
+    by_cluster = kind.conditions_on_clusters(config.settings) or kind.uses_source_images(config.settings)
+    plan = _plan_rows(training_set, sizes, config, seed, by_cluster)
+    logger.info("Planned %d synthetic images: %s", len(plan), {name: count for name, count in sizes.items() if count})
+    return training_set, plan
+
+
+def training_images_table(
+    manifest: pd.DataFrame, clusters: pd.DataFrame | None, use_clusters: bool | str
+) -> pd.DataFrame:
+    """The real train rows in label order, with ``cluster`` (feature_clustering's id, -1 without clusters) and
+    ``cluster_index`` (the clusters of each class renumbered 0..K-1 for (class, cluster) conditioning)."""
+    train = split_rows(manifest, "train")[["image_id", "image_key", "label", "class_name"]]
+    train = train.sort_values(["label", "image_id"]).reset_index(drop=True)
+    present = clusters is not None and len(clusters) > 0
+    if use_clusters is True and not present:
+        raise ConfigError(
+            "Parameter generation.use_clusters is true but the `clusters` dataset (04_feature/clusters.parquet) is "
+            "absent: run `kedro run --pipeline=feature_clustering` first, or set generation.use_clusters to auto or "
+            "false"
+        )
+    if use_clusters is False or not present:
+        return train.assign(cluster=NO_CLUSTER, cluster_index=0)[TRAINING_SET_COLUMNS]
+    merged = train.merge(clusters[["image_id", "cluster"]].drop_duplicates("image_id"), on="image_id", how="left")
+    missing = merged.loc[merged["cluster"].isna(), "image_id"].tolist()
+    if missing:
+        raise ValueError(
+            f"The `clusters` dataset has no cluster for {len(missing)} train images (e.g. {missing[:3]}): it is out "
+            "of date; re-run the feature_clustering pipeline or set generation.use_clusters: false"
+        )
+    merged["cluster"] = merged["cluster"].astype(int)
+    merged["cluster_index"] = merged.groupby("class_name")["cluster"].rank(method="dense").astype(int) - 1
+    logger.info("Conditioning on (class, cluster): %d clusters in all", merged.groupby(["label", "cluster"]).ngroups)
+    return merged[TRAINING_SET_COLUMNS]
+
+
+def pool_sizes(counts: pd.Series, targets: list[str], pool: PoolConfig) -> dict[str, int]:
+    """Synthetic images per target class: ``multiple`` x its train count (or the gap to the largest class when
+    ``balance_to_largest``), never below that gap with ``cover_balanced``, times ``oversample``, rounded up."""
+    largest = int(counts.max())
+    if pool.balance_to_largest:
+        base = {name: largest - int(counts[name]) for name in targets}
+    else:
+        base = {name: pool.multiple * int(counts[name]) for name in targets}
+        if pool.cover_balanced:
+            base = {name: max(amount, largest - int(counts[name])) for name, amount in base.items()}
+    sizes = {name: math.ceil(round(amount * pool.oversample, 6)) for name, amount in base.items()}
+    if sum(sizes.values()) == 0:
+        raise ConfigError(
+            "The synthetic pool would hold zero images: with generation.pool.balance_to_largest the generated classes "
+            "already have the largest train count; set it false or list other generation.classes"
+        )
+    return sizes
+
+
+def allocate_proportionally(total: int, weights: pd.Series) -> pd.Series:
+    """Split ``total`` into integer shares proportional to ``weights`` (largest-remainder rounding)."""
+    quotas = weights.to_numpy(dtype=float) / float(weights.sum()) * total
+    shares = np.floor(quotas).astype(int)
+    order = np.argsort(-(quotas - shares), kind="stable")
+    shares[order[: total - int(shares.sum())]] += 1
+    return pd.Series(shares, index=weights.index)
+
+
+def _plan_rows(
+    training_set: pd.DataFrame, sizes: dict[str, int], config: GenerationConfig, seed: int, by_cluster: bool
+) -> pd.DataFrame:
+    kind = config.generator_class
+    frames = []
+    for name, size in sizes.items():
+        members = training_set[training_set["class_name"] == name]
+        groups = dict(list(members.groupby("cluster_index"))) if by_cluster else {0: members}
+        shares = allocate_proportionally(size, pd.Series({index: len(rows) for index, rows in groups.items()}))
+        offsets = shares.cumsum() - shares
+        for index, rows in groups.items():
+            frames.append(_group_rows(rows, int(shares[index]), seed, int(offsets[index]), by_cluster))
+    plan = pd.concat(frames, ignore_index=True)
+    plan["image_key"] = plan["intended_class"] + "/" + plan["image_id"]
+    plan["generator"] = config.generator
+    records = {name: kind.sampling_record(config.settings, name) for name in sizes}
+    for column in SAMPLING_COLUMNS:
+        plan[column] = plan["intended_class"].map(lambda name, column=column: records[name][column])
+    if not kind.uses_source_images(config.settings):
+        plan[["source_image_id", "source_image_key"]] = ""
+    plan["seed"] = [
+        derive_seed(seed, "generation", "image", name, k)
+        for name, k in zip(plan["intended_class"], plan["k"], strict=True)
+    ]
+    return plan.drop(columns="k")[POOL_COLUMNS]
+
+
+def _group_rows(rows: pd.DataFrame, count: int, seed: int, offset: int, by_cluster: bool) -> pd.DataFrame:
+    """``count`` plan rows for one (class, cluster) group; source images cycle through a seeded order."""
+    first = rows.iloc[0]
+    cluster_index = int(first["cluster_index"]) if by_cluster else 0
+    order = numpy_rng(derive_seed(seed, "generation", "source", first["class_name"], cluster_index)).permutation(
+        len(rows)
+    )
+    sources = rows.iloc[order[np.arange(count) % len(rows)]] if count else rows.iloc[:0]
+    k = np.arange(offset, offset + count)
+    return pd.DataFrame(
+        {
+            "image_id": [f"syn_{first['class_name']}_{index:05d}" for index in k],
+            "intended_class": str(first["class_name"]),
+            "label": int(first["label"]),
+            "cluster": int(first["cluster"]) if by_cluster else NO_CLUSTER,
+            "cluster_index": cluster_index,
+            "source_image_id": sources["image_id"].to_numpy(),
+            "source_image_key": sources["image_key"].to_numpy(),
+            "k": k,
+        }
+    )
+
+
+def new_generator(
+    config: GenerationConfig, training_set: pd.DataFrame, names: list[str], image: ImageSpec, seed: int
+) -> Generator:
+    """An unfitted generator of the configured kind, shaped by the data (classes, clusters, image size)."""
+    uses_clusters = bool(
+        (training_set["cluster"] != NO_CLUSTER).any()
+    ) and config.generator_class.conditions_on_clusters(config.settings)
+    num_clusters = int(training_set["cluster_index"].max()) + 1 if uses_clusters else 0
+    return config.generator_class(
+        config.settings, image, names, num_clusters, derive_seed(seed, "generation", config.generator), config.device
+    )
+
+
+def fit_generator(
+    training_set: pd.DataFrame,
+    real_images: Mapping[str, Any],
+    names: list[str],
+    config: GenerationConfig,
+    image: ImageSpec,
+    seed: int,
+    checkpoint_root: Path | None,
+    progress: bool = True,
+) -> Generator:
+    """Fit the configured generator on the real train images of ``training_set``.
+
+    Checkpoints go to ``checkpoint_root/<kind>-<fingerprint>`` (a fingerprint of the training set and base model,
+    so other data never resumes a run); they are removed after success unless ``keep_checkpoints``.
+    """
+    generator = new_generator(config, training_set, names, image, seed)
+    data = TrainingImages(
+        images=stack_images(real_images, training_set["image_key"], image),
+        labels=training_set["label"].to_numpy(dtype=np.int64, copy=True),
+        clusters=training_set["cluster_index"].to_numpy(dtype=np.int64, copy=True),
+        class_names=names,
+        num_clusters=generator.num_clusters,
+    )
+    run_dir = checkpoint_folder(checkpoint_root, config, training_set) if checkpoint_root is not None else None
+    generator.fit(data, checkpoint_dir=run_dir, progress=progress)
+    if run_dir is not None and not config.keep_checkpoints:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    return generator
+
+
+def checkpoint_folder(root: Path, config: GenerationConfig, training_set: pd.DataFrame) -> Path:
+    """``root/<generator>-<fingerprint of the training set and the base model>``."""
+    columns = training_set[["image_id", "label", "cluster_index"]].to_csv(index=False)
+    extra = config.generator_class.checkpoint_key(config.settings)
+    fingerprint = hashlib.sha1((columns + extra).encode()).hexdigest()[:12]
+    return Path(root) / f"{config.generator}-{fingerprint}"
+
+
+def generate_pool(
+    generator: Generator, plan: pd.DataFrame, real_images: Mapping[str, Any] | None, progress: bool = True
+) -> np.ndarray:
+    """The uint8 images of ``plan`` rows (a pool plan, or rows of the synthetic manifest to regenerate)."""
+    sources = None
+    if plan["source_image_key"].astype(bool).any():
+        if real_images is None:
+            raise ValueError("This generator makes each image from a real train image: pass the real images")
+        sources = stack_images(real_images, plan["source_image_key"], generator.image)
+    return generator.generate(plan, sources, progress=progress)
+
+
+def pool_summary(training_set: pd.DataFrame, synthetic_manifest: pd.DataFrame) -> pd.DataFrame:
+    """Per class: real train images, clusters, synthetic images, and synthetic per real."""
+    real = training_set.groupby(["label", "class_name"]).agg(
+        real_train=("image_id", "size"), clusters=("cluster_index", "nunique")
+    )
+    synthetic = synthetic_manifest.groupby("label").size().rename("synthetic")
+    summary = real.reset_index().merge(synthetic, on="label", how="left").fillna({"synthetic": 0})
+    summary["synthetic"] = summary["synthetic"].astype(int)
+    summary["synthetic_per_real"] = (summary["synthetic"] / summary["real_train"]).round(3)
+    return summary

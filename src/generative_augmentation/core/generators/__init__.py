@@ -1,0 +1,16 @@
+"""Generators behind one interface; importing this package registers every kind."""
+
+from generative_augmentation.core.generators import ddpm, stable_diffusion  # noqa: F401 - registers the kinds
+from generative_augmentation.core.generators.base import (
+    GENERATORS,
+    SAMPLING_COLUMNS,
+    Generator,
+    TrainingImages,
+    generator_class,
+    load_generator,
+    register,
+)
+
+__all__ = [
+    "GENERATORS", "SAMPLING_COLUMNS", "Generator", "TrainingImages", "generator_class", "load_generator", "register",
+]  # fmt: skip

@@ -1,0 +1,204 @@
+"""Pseudo-labeling of synthetic images: a labeler's verdict, the memorisation guard, and the filter.
+
+A labeler trained on real train images (selected on real validation images) gives each synthetic image a predicted
+class and a confidence. The memorisation guard compares each synthetic image with its nearest real train and
+validation images in the feature space of ``feature_clustering``. Its thresholds are calibrated on real images
+that are not test images: a synthetic image copies a train image when it is more cosine-similar to its nearest
+train image than ``train_percentile`` % of the real validation images are to theirs (closer than almost any unseen
+real image gets); it copies a validation image, which would bias model selection, when it is more similar to its
+nearest validation image than ``val_percentile`` % of the train images are to theirs. Test images never reach the
+guard: nothing upstream of the final score sees them.
+
+Checks, in order; ``drop_reason`` names the first one an image fails: ``copies_val``, ``memorised_train``,
+``disagrees`` (filter mode: the predicted class is not the intended one) and ``low_confidence``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from generative_augmentation.core.classifier import classifier_from_record, predict_proba
+from generative_augmentation.core.config import Config
+from generative_augmentation.core.features import nearest
+
+logger = logging.getLogger(__name__)
+
+DROP_REASONS = ("copies_val", "memorised_train", "disagrees", "low_confidence")
+STAGES = ("generated", "after_val_copy_guard", "after_memorisation_guard", "after_agreement", "after_confidence")
+SIMILARITY_TOLERANCE = 1e-6  # float32 cosine of an exact copy can land a hair below the threshold
+
+
+@dataclass(frozen=True)
+class FilterConfig(Config):
+    """``filter``: keep a guarded image the labeler puts in its intended class with ``confidence_threshold``;
+    ``relabel``: keep a guarded, confident image under its predicted class (the paper's policy);
+    ``guard_only``: keep every guarded image under its intended class (the labeler's verdict is recorded only)."""
+
+    where = "pseudo_labeling.filter"
+    mode: Literal["filter", "relabel", "guard_only"] = "filter"
+    confidence_threshold: float = 0.5
+
+    def checks(self):
+        yield from self.within("confidence_threshold", 0, 1)
+
+
+@dataclass(frozen=True)
+class GuardConfig(Config):
+    """Copy thresholds (cosine similarity): the percentiles of real nearest-neighbour similarities, or fixed."""
+
+    where = "pseudo_labeling.memorisation"
+    train_percentile: float = 99.0
+    val_percentile: float = 99.0
+    train_threshold: float | None = None
+    val_threshold: float | None = None
+
+    def checks(self):
+        for split in ("train", "val"):
+            yield from self.within(f"{split}_percentile", 0, 100)
+            yield from self.within(f"{split}_threshold", 0, 1)
+
+
+@dataclass(frozen=True)
+class PseudoLabelingConfig(Config):
+    """The ``pseudo_labeling`` parameters; ``labeler`` overrides the ``classifier`` settings for the labeler."""
+
+    where = "pseudo_labeling"
+    labeler: dict[str, Any] = field(
+        default_factory=lambda: {"width": 32, "batch_size": 64, "steps": 500, "eval_every": 20, "patience": 6}
+    )
+    filter: FilterConfig = field(default_factory=FilterConfig)
+    memorisation: GuardConfig = field(default_factory=GuardConfig)
+    embedding_batch_size: int = 64
+    examples_per_row: int = 8
+
+    def checks(self):
+        yield from self.at_least("embedding_batch_size", "examples_per_row")
+
+
+def check_pool(synthetic_manifest: pd.DataFrame, synthetic_images: Any, class_names: list[str]) -> None:
+    """Refuse an empty pool, unknown intended classes, mismatched labels, and images missing from the folder."""
+    if synthetic_manifest is None or len(synthetic_manifest) == 0:
+        raise ValueError("No synthetic pool yet: synthetic_manifest is empty; run the generation pipeline first")
+    unknown = sorted(set(synthetic_manifest["intended_class"]) - set(class_names))
+    if unknown:
+        raise ValueError(f"synthetic_manifest has intended classes {unknown} that are not real classes {class_names}")
+    expected = synthetic_manifest["intended_class"].map({name: index for index, name in enumerate(class_names)})
+    mismatched = synthetic_manifest.loc[expected != synthetic_manifest["label"], "image_id"].tolist()
+    if mismatched:
+        raise ValueError(
+            f"{len(mismatched)} synthetic image(s) have a label that is not their intended class's label "
+            f"(class order {class_names}), e.g. {mismatched[:3]}"
+        )
+    missing = [key for key in synthetic_manifest["image_key"] if key not in synthetic_images]
+    if missing:
+        raise ValueError(
+            f"synthetic_manifest lists {len(missing)} image(s) missing from synthetic_images, e.g. {missing[:3]}: "
+            "the pool and its manifest do not match; rerun the generation pipeline"
+        )
+
+
+def predict_labels(
+    synthetic_manifest: pd.DataFrame, synthetic_arrays: np.ndarray, labeler: dict[str, Any]
+) -> pd.DataFrame:
+    """Predicted class, confidence (top probability) and agreement with the intended class, per synthetic image."""
+    proba = predict_proba(classifier_from_record(labeler), synthetic_arrays)
+    predicted = proba.argmax(axis=1)
+    names = np.asarray(labeler["config"]["class_names"])
+    return pd.DataFrame({
+        "image_id": synthetic_manifest["image_id"].to_numpy(), "predicted_label": predicted.astype(int),
+        "predicted_class": names[predicted], "confidence": proba.max(axis=1).astype(float),
+        "agrees": predicted == synthetic_manifest["label"].to_numpy(),
+    })  # fmt: skip
+
+
+def guard(
+    synthetic_ids: np.ndarray,
+    synthetic: np.ndarray,
+    train: tuple[np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray],
+    config: GuardConfig,
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Nearest real train and validation image of every synthetic feature vector, the copy flags, and the
+    guard's report. ``train`` and ``val`` are (image ids, feature vectors)."""
+    (train_ids, train_vectors), (val_ids, val_vectors) = train, val
+    train_threshold, train_source = _threshold(config, "train", val_vectors, train_vectors)
+    val_threshold, val_source = _threshold(config, "val", train_vectors, val_vectors)
+    to_train, to_val = nearest(synthetic, train_vectors), nearest(synthetic, val_vectors)
+    table = pd.DataFrame({
+        "image_id": synthetic_ids,
+        "nearest_train_similarity": 1 - to_train[0][:, 0], "nearest_train_id": train_ids[to_train[1][:, 0]],
+        "nearest_val_similarity": 1 - to_val[0][:, 0], "nearest_val_id": val_ids[to_val[1][:, 0]],
+    })  # fmt: skip
+    table["memorised_train"] = table["nearest_train_similarity"] >= train_threshold - SIMILARITY_TOLERANCE
+    table["copies_val"] = table["nearest_val_similarity"] >= val_threshold - SIMILARITY_TOLERANCE
+    report = {
+        "train_threshold": train_threshold, "train_threshold_source": train_source,
+        "val_threshold": val_threshold, "val_threshold_source": val_source,
+        "n_synthetic": len(table), "n_memorised_train": int(table["memorised_train"].sum()),
+        "n_copies_val": int(table["copies_val"].sum()),
+        "copies_val": table.loc[table["copies_val"], ["image_id", "nearest_val_id", "nearest_val_similarity"]]
+        .round(6).to_dict("records"),
+    }  # fmt: skip
+    if report["n_copies_val"]:
+        logger.warning(
+            "%d synthetic image(s) are near-copies of real validation images: dropped", report["n_copies_val"]
+        )
+    return table, report
+
+
+def _threshold(config: GuardConfig, split: str, reference: np.ndarray, targets: np.ndarray) -> tuple[float, str]:
+    """The fixed ``<split>_threshold``, or the ``<split>_percentile`` of the ``reference`` -> ``targets``
+    nearest-neighbour similarities."""
+    fixed = getattr(config, f"{split}_threshold")
+    if fixed is not None:
+        return float(fixed), "fixed"
+    percentile = getattr(config, f"{split}_percentile")
+    similarities = 1 - nearest(reference, targets)[0][:, 0]
+    other = "val" if split == "train" else "train"
+    return float(np.percentile(similarities, percentile)), (
+        f"percentile {percentile:g} of {len(similarities)} real {other}->{split} nearest-neighbour cosine similarities"
+    )
+
+
+def apply_filter(
+    synthetic_manifest: pd.DataFrame, predictions: pd.DataFrame, guarded: pd.DataFrame, config: FilterConfig
+) -> pd.DataFrame:
+    """The verdict on every synthetic image: ``verdict`` (keep/drop), ``drop_reason``, ``final_label`` and
+    ``final_class`` (the predicted class in relabel mode, else the intended one)."""
+    frame = synthetic_manifest.reset_index(drop=True).merge(predictions, on="image_id", how="left", validate="1:1")
+    frame = frame.merge(guarded, on="image_id", how="left", validate="1:1")
+    relabel, judged = config.mode == "relabel", config.mode != "guard_only"
+    failures = {
+        "copies_val": frame["copies_val"].to_numpy(bool),
+        "memorised_train": frame["memorised_train"].to_numpy(bool),
+        "disagrees": ~frame["agrees"].to_numpy(bool) & (config.mode == "filter"),
+        "low_confidence": (frame["confidence"].to_numpy(float) < config.confidence_threshold) & judged,
+    }
+    reason = np.full(len(frame), "", dtype=object)
+    for name in reversed(DROP_REASONS):  # the first failing check in DROP_REASONS order wins
+        reason[failures[name]] = name
+    frame["drop_reason"] = reason.astype(str)
+    frame["verdict"] = np.where(frame["drop_reason"] == "", "keep", "drop")
+    frame["final_label"] = (frame["predicted_label"] if relabel else frame["label"]).astype(int)
+    frame["final_class"] = frame["predicted_class"] if relabel else frame["intended_class"]
+    logger.info(
+        "Pseudo-labeling (%s mode) keeps %d of %d synthetic images", config.mode, (reason == "").sum(), len(frame)
+    )
+    return frame
+
+
+def stage_counts(labeled_synthetic: pd.DataFrame, class_names: list[str]) -> pd.DataFrame:
+    """Images left per intended class after each check, and the kept images counted by final class too."""
+    intended, reason = labeled_synthetic["intended_class"], labeled_synthetic["drop_reason"]
+    table = pd.DataFrame(index=pd.Index(class_names, name="class_name"))
+    for depth, stage in enumerate(STAGES):
+        table[stage] = intended[~reason.isin(DROP_REASONS[:depth])].value_counts().reindex(class_names, fill_value=0)
+    kept = labeled_synthetic[labeled_synthetic["verdict"] == "keep"]
+    table["kept_by_final_class"] = kept["final_class"].value_counts().reindex(class_names, fill_value=0)
+    table.loc["total"] = table.sum()
+    return table.astype(int).reset_index()

@@ -1,0 +1,227 @@
+"""The arms of a study: what each scenario trains on, and how its training manifest is assembled.
+
+A training manifest has one row per training image: ``image_id``, ``label``, ``class_name``, ``origin`` (``real``,
+``synthetic``, or ``duplicate`` for the real images a count-matched control adds) and ``image_key`` (its key in
+the real or the synthetic image folder). Validation and test stay real in every scenario: they are not in these
+manifests at all.
+
+Kinds:
+
+* ``real``: the real train split;
+* ``traditional``: the real train split with ordinary augmentation on the fly (flips, rotations, jitter, crops);
+* ``synthetic``: real + ``ratio`` x the class's real count of kept synthetic images, for each augmented class;
+* ``balanced``: real + kept synthetic images up to the largest class's count;
+* ``reduced_synthetic``: the dominant classes cut to the ``reduction`` selection, + ``ratio`` x synthetic;
+* ``count_matched``: real + real train images drawn again, with exactly the count and class mix of the synthetic
+  images of the scenario it ``controls`` (a control for "more images" and "other class priors").
+
+Any scenario may set ``augment: true`` (ordinary augmentation on the fly, for synthetic images too) and its own
+``classes``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from generative_augmentation.core.config import Config, ConfigError
+from generative_augmentation.core.manifest import resolve_classes, split_rows, train_counts
+from generative_augmentation.core.runtime import derive_seed, numpy_rng
+
+logger = logging.getLogger(__name__)
+
+TRAINING_COLUMNS = ["image_id", "label", "class_name", "origin", "image_key"]
+ORIGINS = ("real", "synthetic", "duplicate")
+Kind = Literal["real", "traditional", "synthetic", "balanced", "reduced_synthetic", "count_matched"]
+USES_SYNTHETIC = frozenset({"synthetic", "balanced", "reduced_synthetic"})
+USES_RATIO = frozenset({"synthetic", "reduced_synthetic"})
+
+
+@dataclass(frozen=True)
+class ScenarioConfig(Config):
+    """One arm of the study (``scenarios.<name>``)."""
+
+    where = "scenarios"
+    kind: Kind = "real"
+    ratio: float = 0.0
+    classes: list[str] | None = None
+    augment: bool = False
+    controls: str | None = None
+
+    def checks(self):
+        yield from self.at_least("ratio", minimum=0)
+        if self.kind in USES_RATIO:
+            yield "ratio", self.ratio > 0, f"must be positive for kind {self.kind!r}, got {self.ratio}"
+        yield (
+            "controls",
+            (self.kind == "count_matched") == (self.controls is not None),
+            ("names the synthetic scenario a count_matched control copies, and only a count_matched scenario sets it"),
+        )
+
+    @property
+    def uses_synthetic(self) -> bool:
+        return self.kind in USES_SYNTHETIC
+
+    @property
+    def uses_selection(self) -> bool:
+        return self.kind == "reduced_synthetic"
+
+    @property
+    def augmented(self) -> bool:
+        """Whether training images are augmented on the fly."""
+        return self.augment or self.kind == "traditional"
+
+
+@dataclass(frozen=True)
+class StudyConfig(Config):
+    """The study: the arms it runs (names of ``scenarios`` entries) and the classes that get extra images."""
+
+    where = "study"
+    arms: list[str] = field(default_factory=lambda: ["real", "traditional", "synthetic_x1", "count_matched_x1"])
+    augment_classes: list[str] | None = None
+
+    def checks(self):
+        yield "arms", bool(self.arms), "is empty: name at least one scenario"
+        yield "arms", len(set(self.arms)) == len(self.arms), f"repeats a scenario: {self.arms}"
+        bad = [name for name in self.arms if not name.isidentifier()]
+        yield "arms", not bad, f"names {bad}, which are not Python identifiers (write synthetic_x1p5, not x1.5)"
+
+
+def study_scenarios(study: Mapping[str, Any] | None, scenarios: Mapping[str, Any] | None) -> dict[str, ScenarioConfig]:
+    """``{name: ScenarioConfig}`` of the arms ``study.arms`` names, parsed from ``scenarios``, in that order."""
+    config = StudyConfig.parse(study)
+    definitions = dict(scenarios or {})
+    unknown = [name for name in config.arms if name not in definitions]
+    if unknown:
+        raise ConfigError(
+            f"Parameter study.arms names {unknown}, which are not defined under scenarios; "
+            f"defined: {sorted(definitions)}"
+        )
+    arms = {name: ScenarioConfig.parse(definitions[name], f"scenarios.{name}") for name in config.arms}
+    for name, spec in arms.items():
+        if spec.kind == "count_matched":
+            controlled = arms.get(spec.controls or "")
+            if controlled is None or not controlled.uses_synthetic:
+                raise ConfigError(
+                    f"Parameter scenarios.{name}.controls must name a synthetic arm of study.arms, "
+                    f"got {spec.controls!r}"
+                )
+    return arms
+
+
+def assemble(
+    spec: ScenarioConfig,
+    study: StudyConfig,
+    manifest: pd.DataFrame,
+    seed: int,
+    labeled_synthetic: pd.DataFrame | None = None,
+    selected_images: pd.DataFrame | None = None,
+    controlled: ScenarioConfig | None = None,
+) -> pd.DataFrame:
+    """The training manifest of the scenario ``spec`` describes (``controlled``: the arm a count_matched copies)."""
+    real = real_training_rows(manifest)
+    if spec.kind in ("real", "traditional"):
+        return real
+    counts = train_counts(manifest)
+    if spec.kind == "count_matched":
+        if controlled is None:
+            raise ValueError(
+                f"A count_matched scenario needs the settings of the scenario it controls ({spec.controls})"
+            )
+        extra = duplicate_rows(real, synthetic_counts(controlled, study, counts), seed)
+    else:
+        what = f"{spec.kind} scenario (ratio {spec.ratio:g})" if spec.kind in USES_RATIO else f"{spec.kind} scenario"
+        extra = synthetic_rows(
+            _require(labeled_synthetic, what, "labeled_synthetic"), synthetic_counts(spec, study, counts), seed, what
+        )
+        if spec.uses_selection:
+            real = reduce_dominant(real, _require(selected_images, what, "selected_images"))
+    result = pd.concat([real, extra], ignore_index=True)[TRAINING_COLUMNS]
+    logger.info(
+        "Scenario %s (ratio %g): %s", spec.kind, spec.ratio, result.groupby(["class_name", "origin"]).size().to_dict()
+    )
+    return result
+
+
+def real_training_rows(manifest: pd.DataFrame) -> pd.DataFrame:
+    """The real train split as training-manifest rows (``origin`` = ``real``)."""
+    rows = split_rows(manifest, "train")[["image_id", "label", "class_name", "image_key"]].assign(origin="real")
+    return rows[TRAINING_COLUMNS]
+
+
+def synthetic_counts(spec: ScenarioConfig, study: StudyConfig, counts: pd.Series) -> dict[str, int]:
+    """Synthetic images per augmented class of a synthetic-kind scenario."""
+    if spec.classes is not None:
+        classes = resolve_classes(spec.classes, counts, spec.parameter("classes"))
+    else:
+        classes = resolve_classes(study.augment_classes, counts, study.parameter("augment_classes"))
+    if spec.kind == "balanced":
+        return {name: int(counts.max() - counts[name]) for name in classes}
+    return {name: round(spec.ratio * int(counts[name])) for name in classes}
+
+
+def synthetic_rows(labeled_synthetic: pd.DataFrame, wanted: dict[str, int], seed: int, scenario: str) -> pd.DataFrame:
+    """``wanted[class]`` kept synthetic images per class, drawn in a seeded order shared by all scenarios.
+
+    Every scenario takes a prefix of the same per-class permutation, so ``synthetic_x1`` is contained in
+    ``synthetic_x2``: a ratio curve measures the ratio, not a different draw.
+    """
+    kept = labeled_synthetic[labeled_synthetic["verdict"] == "keep"]
+    parts = []
+    for class_name, count in wanted.items():
+        pool = kept[kept["final_class"] == class_name].sort_values("image_id")
+        if count > len(pool):
+            raise ValueError(
+                f"The {scenario} needs {count} kept synthetic images of class {class_name!r} but the filtered "
+                f"pool has {len(pool)}: raise generation.pool.multiple (or oversample) or lower the ratio"
+            )
+        order = numpy_rng(derive_seed(seed, "synthetic_pool", class_name)).permutation(len(pool))[:count]
+        chosen = pool.iloc[np.sort(order)]
+        parts.append(pd.DataFrame({
+            "image_id": chosen["image_id"].to_numpy(), "label": chosen["final_label"].astype(int).to_numpy(),
+            "class_name": class_name, "origin": "synthetic", "image_key": chosen["image_key"].to_numpy(),
+        }))  # fmt: skip
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=TRAINING_COLUMNS)
+
+
+def duplicate_rows(real: pd.DataFrame, wanted: dict[str, int], seed: int) -> pd.DataFrame:
+    """``wanted[class]`` real train images of each class drawn again (cycling through a seeded order)."""
+    parts = []
+    for class_name, count in wanted.items():
+        sources = real[real["class_name"] == class_name].sort_values("image_id")
+        order = numpy_rng(derive_seed(seed, "count_matched", class_name)).permutation(len(sources))
+        picked = sources.iloc[np.resize(order, count)]
+        parts.append(
+            picked.assign(image_id=picked["image_id"] + "_dup" + np.arange(count).astype(str), origin="duplicate")
+        )
+    return pd.concat(parts, ignore_index=True)[TRAINING_COLUMNS] if parts else pd.DataFrame(columns=TRAINING_COLUMNS)
+
+
+def reduce_dominant(real: pd.DataFrame, selected_images: pd.DataFrame) -> pd.DataFrame:
+    """Keep only the selected images of the reduced (dominant) classes; other classes stay whole."""
+    reduced = set(selected_images["class_name"])
+    keep = set(selected_images.loc[selected_images["selected"], "image_id"])
+    return real[~real["class_name"].isin(reduced) | real["image_id"].isin(keep)]
+
+
+def scenario_summary(arms: Mapping[str, ScenarioConfig], manifests: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
+    """One row per scenario: kind, ratio, augmentation and the training-set size by origin."""
+    rows = []
+    for name, spec in arms.items():
+        counts = manifests[name].groupby("origin").size()
+        rows.append({
+            "scenario": name, "kind": spec.kind, "ratio": spec.ratio, "augment": spec.augmented,
+            "train_size": int(counts.sum()), **{f"n_{origin}": int(counts.get(origin, 0)) for origin in ORIGINS},
+        })  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def _require(table: pd.DataFrame | None, scenario: str, what: str) -> pd.DataFrame:
+    if table is None or len(table) == 0:
+        raise ValueError(f"The {scenario} needs {what}: run the pipelines that make it first")
+    return table

@@ -1,0 +1,133 @@
+"""The synthetic pool: sizes, the plan (one row per image, seeds, clusters, sources), settings checked early."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from generative_augmentation.core.config import ConfigError
+from generative_augmentation.core.generation import (
+    GenerationConfig,
+    PoolConfig,
+    allocate_proportionally,
+    plan_pool,
+    pool_sizes,
+)
+from generative_augmentation.core.runtime import derive_seed
+from tests.conftest import study_data
+
+SEED = 7
+COUNTS = pd.Series([12, 6, 4], index=["c0", "c1", "c2"])
+
+
+@pytest.fixture(scope="module")
+def manifest() -> pd.DataFrame:
+    return study_data({"train": [12, 6, 4], "val": [2, 2, 2], "test": [3, 3, 3]}, size=8)[0]
+
+
+def config(**values) -> GenerationConfig:
+    defaults = {"pool": {"multiple": 1, "oversample": 1.0, "cover_balanced": False}, "min_train_images_per_class": 2}
+    return GenerationConfig.parse({**defaults, **values})
+
+
+def clusters_for(manifest: pd.DataFrame, sizes: dict[str, list[int]]) -> pd.DataFrame:
+    """The train images of each class split into clusters of the given sizes (cluster ids 3, 5, ...)."""
+    frames = []
+    for name, cluster_sizes in sizes.items():
+        train = manifest[(manifest["split"] == "train") & (manifest["class_name"] == name)].sort_values("image_id")
+        frames.append(
+            train[["image_id", "class_name", "label"]].assign(
+                cluster=np.repeat(np.arange(len(cluster_sizes)) * 2 + 3, cluster_sizes)
+            )
+        )
+    return pd.concat(frames, ignore_index=True)
+
+
+def test_pool_size_is_a_multiple_of_the_train_count_times_oversample() -> None:
+    assert pool_sizes(COUNTS, ["c1", "c2"], PoolConfig(multiple=4, oversample=1.0)) == {"c1": 24, "c2": 16}
+    assert pool_sizes(COUNTS, ["c1", "c2"], PoolConfig(multiple=4, oversample=1.25)) == {"c1": 30, "c2": 20}
+    assert pool_sizes(COUNTS, ["c2"], PoolConfig(multiple=0.5, oversample=1.1, cover_balanced=False)) == {"c2": 3}
+
+
+def test_the_pool_covers_the_gap_to_the_largest_class_for_the_balanced_scenario() -> None:
+    assert pool_sizes(COUNTS, ["c1", "c2"], PoolConfig(multiple=0.5, oversample=1.0)) == {"c1": 6, "c2": 8}
+    balanced = PoolConfig(balance_to_largest=True, oversample=1.5)
+    assert pool_sizes(COUNTS, ["c0", "c1", "c2"], balanced) == {"c0": 0, "c1": 9, "c2": 12}
+    with pytest.raises(ConfigError, match="zero images.*balance_to_largest"):
+        pool_sizes(COUNTS, ["c0"], PoolConfig(balance_to_largest=True))
+
+
+def test_the_plan_covers_the_minority_classes_with_unique_ids_and_derived_seeds(manifest: pd.DataFrame) -> None:
+    training_set, plan = plan_pool(manifest, None, config(pool={"multiple": 4, "oversample": 1.25}), SEED)
+    assert (training_set["image_id"].str.startswith("train_")).all() and len(training_set) == 22
+    assert plan.groupby("intended_class").size().to_dict() == {"c1": 30, "c2": 20}
+    assert plan["image_id"].is_unique and plan["seed"].is_unique
+    assert (plan["image_key"] == plan["intended_class"] + "/" + plan["image_id"]).all()
+    assert plan.loc[0, "seed"] == derive_seed(SEED, "generation", "image", "c1", 0)
+    assert (plan["sampler"] == "dpm_solver_sde").all() and (plan["source_image_id"] == "").all()
+    again = plan_pool(manifest, None, config(pool={"multiple": 4, "oversample": 1.25}), SEED)[1]
+    pd.testing.assert_frame_equal(plan, again)
+    other = plan_pool(manifest, None, config(pool={"multiple": 4, "oversample": 1.25}), SEED + 1)[1]
+    assert not set(other["seed"]) & set(plan["seed"])
+
+
+def test_a_balanced_train_set_generates_every_class(manifest: pd.DataFrame) -> None:
+    balanced = manifest[manifest.groupby(["split", "label"]).cumcount() < 4]
+    _, plan = plan_pool(balanced, None, config(), SEED)
+    assert sorted(plan["intended_class"].unique()) == ["c0", "c1", "c2"]
+
+
+def test_shares_are_proportional_with_largest_remainder_rounding() -> None:
+    assert allocate_proportionally(10, pd.Series([5, 3, 2])).tolist() == [5, 3, 2]
+    assert allocate_proportionally(7, pd.Series([5, 3, 2])).tolist() == [4, 2, 1]
+    assert allocate_proportionally(0, pd.Series([1, 1])).tolist() == [0, 0]
+
+
+def test_each_cluster_gets_a_share_of_the_pool_proportional_to_its_size(manifest: pd.DataFrame) -> None:
+    clusters = clusters_for(manifest, {"c0": [12], "c1": [4, 2], "c2": [1, 3]})
+    training_set, plan = plan_pool(
+        manifest, clusters, config(pool={"multiple": 3, "oversample": 1.0, "cover_balanced": False}), SEED
+    )
+    assert plan.groupby(["intended_class", "cluster"]).size().to_dict() == {
+        ("c1", 3): 12,
+        ("c1", 5): 6,
+        ("c2", 3): 3,
+        ("c2", 5): 9,
+    }
+    assert plan.groupby("cluster")["cluster_index"].first().to_dict() == {3: 0, 5: 1}
+    assert set(training_set["cluster"]) == {3, 5}
+    _, ignored = plan_pool(manifest, clusters, config(use_clusters=False), SEED)
+    assert (ignored["cluster"] == -1).all()
+
+
+def test_cluster_settings_and_stale_clusters_are_named(manifest: pd.DataFrame) -> None:
+    with pytest.raises(ConfigError, match="generation.use_clusters is true but the `clusters` dataset"):
+        plan_pool(manifest, None, config(use_clusters=True), SEED)
+    with pytest.raises(ConfigError, match="generation.use_clusters"):
+        config(use_clusters="sometimes")
+    with pytest.raises(ValueError, match="no cluster for 4 train images"):
+        plan_pool(manifest, clusters_for(manifest, {"c0": [12], "c1": [6]}), config(), SEED)
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"pool": {"multiple": 0}}, r"generation.pool.multiple must be positive"),
+        ({"pool": {"multiple": "four"}}, r"generation.pool.multiple must be a number"),
+        ({"pool": {"oversample": 0.5}}, r"generation.pool.oversample must be at least 1"),
+        ({"classes": ["c1", "retina"]}, r"generation.classes names \['retina'\].*known: \['c0', 'c1', 'c2'\]"),
+        ({"classes": []}, r"generation.classes is an empty list"),
+        ({"min_train_images_per_class": 5}, r"Class 'c2' has 4 train images.*generation.min_train_images_per_class"),
+        ({"generator": "gan"}, r"generation.generator must be one of"),
+        ({"ddpm": {"sampling": {"sampler": "euler"}}}, r"generation.ddpm.sampling.sampler must be one of"),
+        ({"ddpm": {"sampling": {"steps": 0}}}, r"generation.ddpm.sampling.steps must be at least 1"),
+        ({"ddpm": {"sampling": {"batch_size": 0}}}, r"generation.ddpm.sampling.batch_size must be at least 1"),
+        ({"ddpm": {"sampling": {"guidance_scale": -1}}}, r"generation.ddpm.sampling.guidance_scale must be at least 0"),
+        ({"ddpm": {"image_size": 8}}, r"Unknown parameter\(s\) generation.ddpm.image_size"),
+        ({"stable_diffusion": {"steps": 0}}, r"generation.stable_diffusion.steps must be at least 1"),
+    ],
+)
+def test_bad_settings_are_named_before_any_work(manifest: pd.DataFrame, values: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        plan_pool(manifest, None, config(**values), SEED)

@@ -1,0 +1,159 @@
+"""The arms of a study: what each scenario trains on, and the checks of the study's parameters."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from generative_augmentation.core.config import ConfigError
+from generative_augmentation.core.scenarios import (
+    ScenarioConfig,
+    StudyConfig,
+    assemble,
+    scenario_summary,
+    study_scenarios,
+)
+
+COUNTS = {"a": 20, "b": 8, "c": 4}
+STUDY = StudyConfig()
+
+
+@pytest.fixture
+def manifest() -> pd.DataFrame:
+    rows = []
+    for label, (name, count) in enumerate(COUNTS.items()):
+        for split, n in (("train", count), ("val", 3), ("test", 3)):
+            rows += [
+                {
+                    "image_id": f"{split}_{name}_{i}",
+                    "label": label,
+                    "class_name": name,
+                    "split": split,
+                    "image_key": f"{split}/{name}/{split}_{name}_{i}",
+                }
+                for i in range(n)
+            ]
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture
+def labeled_synthetic() -> pd.DataFrame:
+    rows = []
+    for label, name in ((1, "b"), (2, "c")):
+        for i in range(40):
+            image_id = f"syn_{name}_{i:03d}"
+            rows.append(
+                {
+                    "image_id": image_id,
+                    "image_key": f"{name}/{image_id}",
+                    "verdict": "drop" if i % 5 == 0 else "keep",
+                    "final_class": name,
+                    "final_label": label,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def spec(kind: str, ratio: float = 0.0, **extra) -> ScenarioConfig:
+    return ScenarioConfig.parse({"kind": kind, "ratio": ratio, **extra}, "scenarios.test")
+
+
+def test_real_and_traditional_train_on_the_train_split_only(manifest: pd.DataFrame) -> None:
+    for kind in ("real", "traditional"):
+        table = assemble(spec(kind), STUDY, manifest, 0)
+        assert len(table) == sum(COUNTS.values()) and set(table["origin"]) == {"real"}
+        assert table["image_id"].str.startswith("train_").all()
+    assert spec("traditional").augmented and not spec("real").augmented and spec("synthetic", 1, augment=True).augmented
+
+
+def test_a_synthetic_ratio_adds_kept_images_of_the_minority_classes(manifest, labeled_synthetic) -> None:
+    x2 = assemble(spec("synthetic", 2.0), STUDY, manifest, 0, labeled_synthetic)
+    added = x2[x2["origin"] == "synthetic"]
+    assert added.groupby("class_name").size().to_dict() == {"b": 16, "c": 8}
+    kept = set(labeled_synthetic.loc[labeled_synthetic["verdict"] == "keep", "image_id"])
+    assert set(added["image_id"]) <= kept and added["image_id"].is_unique
+    x1 = assemble(spec("synthetic", 1.0), STUDY, manifest, 0, labeled_synthetic)
+    assert set(x1.loc[x1["origin"] == "synthetic", "image_id"]) <= set(added["image_id"])
+
+
+def test_a_count_matched_control_has_exactly_the_count_and_class_mix_of_its_synthetic_arm(
+    manifest, labeled_synthetic
+) -> None:
+    synthetic = assemble(spec("synthetic", 1.5), STUDY, manifest, 0, labeled_synthetic)
+    control = assemble(spec("count_matched", controls="s"), STUDY, manifest, 0, controlled=spec("synthetic", 1.5))
+    extra = control[control["origin"] == "duplicate"]
+    assert len(control) == len(synthetic)
+    assert (
+        extra.groupby("class_name").size().to_dict()
+        == synthetic[synthetic["origin"] == "synthetic"].groupby("class_name").size().to_dict()
+    )
+    train = set(manifest.loc[manifest["split"] == "train", "image_key"])
+    assert set(extra["image_key"]) <= train and control["image_id"].is_unique
+
+
+def test_same_seed_same_manifest_other_seed_other_draw(manifest, labeled_synthetic) -> None:
+    first = assemble(spec("synthetic", 1.0), STUDY, manifest, 7, labeled_synthetic)
+    pd.testing.assert_frame_equal(first, assemble(spec("synthetic", 1.0), STUDY, manifest, 7, labeled_synthetic))
+    assert not first["image_id"].equals(
+        assemble(spec("synthetic", 1.0), STUDY, manifest, 8, labeled_synthetic)["image_id"]
+    )
+
+
+def test_balanced_fills_up_to_the_largest_class(manifest, labeled_synthetic) -> None:
+    table = assemble(spec("balanced"), STUDY, manifest, 0, labeled_synthetic)
+    assert table.groupby("class_name").size().to_dict() == {"a": 20, "b": 20, "c": 20}
+
+
+def test_reduced_scenario_keeps_only_the_selected_dominant_images(manifest, labeled_synthetic) -> None:
+    selected = pd.DataFrame(
+        {"image_id": [f"train_a_{i}" for i in range(20)], "class_name": "a", "selected": np.arange(20) < 6}
+    )
+    table = assemble(spec("reduced_synthetic", 1.0), STUDY, manifest, 0, labeled_synthetic, selected)
+    assert table.groupby(["class_name", "origin"]).size().to_dict() == {
+        ("a", "real"): 6,
+        ("b", "real"): 8,
+        ("b", "synthetic"): 8,
+        ("c", "real"): 4,
+        ("c", "synthetic"): 4,
+    }
+
+
+def test_a_scenario_may_name_its_own_classes_and_the_summary_counts_origins(manifest, labeled_synthetic) -> None:
+    table = assemble(spec("synthetic", 1.0, classes=["c"]), STUDY, manifest, 0, labeled_synthetic)
+    assert table[table["origin"] == "synthetic"]["class_name"].unique().tolist() == ["c"]
+    summary = scenario_summary({"s": spec("synthetic", 1.0)}, {"s": table})
+    assert summary.iloc[0][["train_size", "n_real", "n_synthetic", "n_duplicate"]].tolist() == [36, 32, 4, 0]
+
+
+def test_missing_inputs_and_a_small_pool_are_named(manifest, labeled_synthetic) -> None:
+    with pytest.raises(ValueError, match=r"needs 40 kept synthetic images of class 'b' but the filtered pool has 32"):
+        assemble(spec("synthetic", 5.0), STUDY, manifest, 0, labeled_synthetic)
+    with pytest.raises(ValueError, match="needs labeled_synthetic"):
+        assemble(spec("synthetic", 1.0), STUDY, manifest, 0, pd.DataFrame())
+    with pytest.raises(ValueError, match=r"scenarios.test.classes names \['zz'\]"):
+        assemble(spec("synthetic", 1.0, classes=["zz"]), STUDY, manifest, 0, labeled_synthetic)
+    with pytest.raises(ValueError, match="study.augment_classes is an empty list"):
+        assemble(spec("synthetic", 1.0), StudyConfig(augment_classes=[]), manifest, 0, labeled_synthetic)
+
+
+@pytest.mark.parametrize(
+    ("scenarios", "arms", "message"),
+    [
+        ({"bad": {"kind": "mixup"}}, ["bad"], r"scenarios.bad.kind must be one of \["),
+        ({"bad": {"kind": "synthetic", "ratio": -1}}, ["bad"], r"scenarios.bad.ratio must be at least 0"),
+        ({"bad": {"kind": "synthetic"}}, ["bad"], r"scenarios.bad.ratio must be positive for kind 'synthetic'"),
+        ({"bad": {"kind": "count_matched"}}, ["bad"], r"scenarios.bad.controls names the synthetic scenario"),
+        (
+            {"c": {"kind": "count_matched", "controls": "r"}, "r": {"kind": "real"}},
+            ["c", "r"],
+            r"scenarios.c.controls must name a synthetic arm",
+        ),
+        ({"real": {"kind": "real"}}, ["real", "absent"], r"study.arms names \['absent'\], which are not defined"),
+        ({"real": {"kind": "real"}}, [], r"study.arms is empty"),
+        ({"x1.5": {"kind": "real"}}, ["x1.5"], r"not Python identifiers \(write synthetic_x1p5"),
+    ],
+)
+def test_bad_study_parameters_are_refused(scenarios: dict, arms: list, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        study_scenarios({"arms": arms}, scenarios)

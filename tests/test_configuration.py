@@ -1,0 +1,88 @@
+"""The configuration: base defaults equal the code's, environments state only what differs, overrides are soft."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from kedro.config import OmegaConfigLoader
+
+from generative_augmentation.core.classifier import ClassifierConfig
+from generative_augmentation.core.clustering import FeatureClusteringConfig
+from generative_augmentation.core.evaluation import EvaluationConfig
+from generative_augmentation.core.generation import GenerationConfig
+from generative_augmentation.core.generators import GENERATORS
+from generative_augmentation.core.images import AugmentationConfig, ImageSpec
+from generative_augmentation.core.labeling import PseudoLabelingConfig
+from generative_augmentation.core.preparation import DatasetConfig, SplitConfig
+from generative_augmentation.core.reduction import ReductionConfig
+from generative_augmentation.core.runtime import RuntimeConfig
+from generative_augmentation.core.scenarios import StudyConfig, study_scenarios
+from generative_augmentation.settings import CONFIG_LOADER_ARGS
+
+PROJECT = Path(__file__).resolve().parents[1]
+BLOCKS = {
+    "runtime": RuntimeConfig, "image": ImageSpec, "split": SplitConfig, "feature_clustering": FeatureClusteringConfig,
+    "pseudo_labeling": PseudoLabelingConfig, "reduction": ReductionConfig, "study": StudyConfig,
+    "classifier": ClassifierConfig, "augmentation": AugmentationConfig, "evaluation": EvaluationConfig,
+}  # fmt: skip
+ENVIRONMENTS = ("retinamnist", "odir5k", "odir5k_7class", "image_folder")
+
+
+def parameters(env: str = "base", runtime_params: dict | None = None) -> dict:
+    loader = OmegaConfigLoader(str(PROJECT / "conf"), env=env, runtime_params=runtime_params, **CONFIG_LOADER_ARGS)
+    return loader["parameters"]
+
+
+@pytest.mark.parametrize("block", sorted(BLOCKS))
+def test_every_base_parameter_equals_the_code_default(block: str) -> None:
+    config_class = BLOCKS[block]
+    assert config_class.parse(parameters()[block]).to_dict() == config_class().to_dict()
+
+
+def test_the_generation_and_dataset_defaults_equal_the_code_defaults() -> None:
+    base = parameters()
+    generation = dict(base["generation"])
+    blocks = {kind: generation.pop(kind) for kind in list(generation) if kind in GENERATORS}
+    assert GenerationConfig.parse(generation).replace(settings=None).to_dict() == GenerationConfig().to_dict()
+    for kind, block in blocks.items():
+        assert GENERATORS[kind].settings_class.parse(block).to_dict() == GENERATORS[kind].settings_class().to_dict(), (
+            kind
+        )
+    dataset = DatasetConfig.parse(base["dataset"])
+    assert (dataset.classes, dataset.class_names) == ([], {})
+    assert base["seed"] == 42
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_every_environment_parses_and_states_only_what_differs(env: str) -> None:
+    merged, base = parameters(env), parameters()
+    for block, config_class in BLOCKS.items():
+        config_class.parse(merged[block])
+    GenerationConfig.parse(merged["generation"])
+    study_scenarios(merged["study"], merged["scenarios"])
+    files = [path for path in (PROJECT / "conf" / env).glob("parameters*.yml")]
+    import yaml
+
+    def leaves(tree: dict, prefix: str = "") -> dict:
+        out = {}
+        for key, value in tree.items():
+            out |= leaves(value, f"{prefix}{key}.") if isinstance(value, dict) and value else {f"{prefix}{key}": value}
+        return out
+
+    base_leaves = leaves(base)
+    for path in files:
+        for key, value in leaves(yaml.safe_load(path.read_text())).items():
+            assert base_leaves.get(key, object()) != value, f"{path.name}: {key} repeats the base value {value!r}"
+
+
+def test_a_one_key_override_changes_that_key_and_nothing_else() -> None:
+    before = parameters("retinamnist")
+    after = parameters(
+        "retinamnist", {"generation": {"ddpm": {"sampling": {"steps": 7}}}, "evaluation": {"replicates": 9}}
+    )
+    assert after["generation"]["ddpm"]["sampling"] == {**before["generation"]["ddpm"]["sampling"], "steps": 7}
+    assert after["evaluation"] == {**before["evaluation"], "replicates": 9}
+    assert {key: value for key, value in after.items() if key not in ("generation", "evaluation")} == {
+        key: value for key, value in before.items() if key not in ("generation", "evaluation")
+    }
