@@ -7,25 +7,14 @@ from pathlib import Path
 import pytest
 from kedro.config import OmegaConfigLoader
 
-from generative_augmentation.core.classifier import ClassifierConfig
-from generative_augmentation.core.clustering import FeatureClusteringConfig
-from generative_augmentation.core.evaluation import EvaluationConfig
 from generative_augmentation.core.generation import GenerationConfig
 from generative_augmentation.core.generators import GENERATORS
-from generative_augmentation.core.images import AugmentationConfig, ImageSpec
-from generative_augmentation.core.labeling import PseudoLabelingConfig
-from generative_augmentation.core.preparation import DatasetConfig, SplitConfig
-from generative_augmentation.core.reduction import ReductionConfig
-from generative_augmentation.core.runtime import RuntimeConfig
-from generative_augmentation.core.scenarios import StudyConfig, study_scenarios
+from generative_augmentation.core.preparation import DatasetConfig
 from generative_augmentation.settings import CONFIG_LOADER_ARGS
+from generative_augmentation.validation import PARAMETER_BLOCKS, check_parameters
 
 PROJECT = Path(__file__).resolve().parents[1]
-BLOCKS = {
-    "runtime": RuntimeConfig, "image": ImageSpec, "split": SplitConfig, "feature_clustering": FeatureClusteringConfig,
-    "pseudo_labeling": PseudoLabelingConfig, "reduction": ReductionConfig, "study": StudyConfig,
-    "classifier": ClassifierConfig, "augmentation": AugmentationConfig, "evaluation": EvaluationConfig,
-}  # fmt: skip
+BLOCKS = {name: config for name, config in PARAMETER_BLOCKS.items() if name not in ("dataset", "generation")}
 ENVIRONMENTS = ("retinamnist", "odir5k", "odir5k_7class", "image_folder")
 
 
@@ -57,10 +46,7 @@ def test_the_generation_and_dataset_defaults_equal_the_code_defaults() -> None:
 @pytest.mark.parametrize("env", ENVIRONMENTS)
 def test_every_environment_parses_and_states_only_what_differs(env: str) -> None:
     merged, base = parameters(env), parameters()
-    for block, config_class in BLOCKS.items():
-        config_class.parse(merged[block])
-    GenerationConfig.parse(merged["generation"])
-    study_scenarios(merged["study"], merged["scenarios"])
+    check_parameters(merged)
     files = [path for path in (PROJECT / "conf" / env).glob("parameters*.yml")]
     import yaml
 

@@ -35,7 +35,7 @@ class ReproducibilityHooks:
         parameters = context.config_loader["parameters"]
         self.settings = apply_runtime(RuntimeConfig.parse(parameters.get("runtime")))
 
-    @hook_impl
+    @hook_impl(trylast=True)  # after kedro-mlflow has opened the run
     def before_pipeline_run(self) -> None:
         if mlflow.active_run() is not None and self.settings:
             mlflow.log_params({f"runtime.{key}": value for key, value in self.settings.items()})

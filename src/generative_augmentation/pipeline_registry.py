@@ -10,6 +10,7 @@ environment.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,8 @@ from generative_augmentation.pipelines import (
     reduction,
 )
 
+logger = logging.getLogger(__name__)
+
 PIPELINE_ORDER = (
     "data_preparation",
     "feature_clustering",
@@ -47,7 +50,29 @@ class StudyContext(KedroContext):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        check_environment(self.config_loader, self.env)
         use_configuration(self.config_loader)
+
+
+def check_environment(config_loader: Any, env: str | None) -> None:
+    """Refuse an environment without a folder (Kedro would run on base alone, or fail deep in MLflow), and warn
+    that conf/local is not read when it holds parameters: this project's default environment is a study."""
+    conf = Path(config_loader.conf_source)
+    environments = sorted(path.name for path in conf.iterdir() if path.is_dir() and path.name != "base")
+    active = env or config_loader.default_run_env
+    if active != config_loader.base_env and not (conf / active).is_dir():
+        raise ValueError(
+            f"Unknown environment {active!r} (--env or KEDRO_ENV): there is no folder {conf / active}. "
+            f"Environments: {environments}; copy one to conf/<name> to make your own study"
+        )
+    local = conf / "local"
+    if active != "local" and local.is_dir() and any(local.glob("parameters*")):
+        logger.warning(
+            "conf/local holds parameter files that this run does not read (environment %r): put lasting changes in "
+            "conf/%s/parameters.yml, or pass --params for one run",
+            active,
+            active,
+        )
 
 
 def use_configuration(config_loader: Any) -> None:

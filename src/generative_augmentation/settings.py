@@ -9,8 +9,24 @@ from kedro.config import OmegaConfigLoader
 
 from generative_augmentation.hooks import MlflowArtifactHooks, ReproducibilityHooks, RunTimingHooks, ScenarioRunHooks
 from generative_augmentation.pipeline_registry import StudyContext
+from generative_augmentation.run_safety import (
+    MlflowSetupLockHooks,
+    MlflowSetupUnlockHooks,
+    RunNamingHooks,
+    RunSafetyHooks,
+)
 
-HOOKS = (ReproducibilityHooks(), MlflowArtifactHooks(), ScenarioRunHooks(), RunTimingHooks())
+_SETUP_LOCK, _SAFETY = MlflowSetupLockHooks(), RunSafetyHooks()
+HOOKS = (
+    _SETUP_LOCK,
+    MlflowSetupUnlockHooks(_SETUP_LOCK),
+    _SAFETY,
+    RunNamingHooks(_SAFETY),
+    ReproducibilityHooks(),
+    MlflowArtifactHooks(),
+    ScenarioRunHooks(),
+    RunTimingHooks(),
+)
 
 CONTEXT_CLASS = StudyContext
 CONFIG_LOADER_CLASS = OmegaConfigLoader

@@ -178,3 +178,32 @@ def test_stable_diffusion_lora_makes_the_pool_through_the_same_nodes(tmp_path: P
         assert synthetic["strength"].eq(0.6).all() and set(synthetic["source_image_id"]) == train_c2
     else:
         assert synthetic["strength"].isna().all() and (synthetic["source_image_id"] == "").all()
+
+
+class Killed(BaseException):
+    """Stands for a kill: nothing catches it on the way out."""
+
+
+def test_a_run_killed_while_sampling_resumes_with_the_missing_chunks_and_a_byte_identical_pool(
+    tmp_path: Path, ddpm_run: DataCatalog, data, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    generator, plan = ddpm_run.load("generator"), ddpm_run.load("synthetic_manifest")
+    uninterrupted = generate_pool(generator, plan, data[1], progress=False, chunk_size=4)
+    cache, calls, dying = tmp_path / "samples", [], [True]
+    real_generate = type(generator).generate
+
+    def generate_then_die(self, rows, sources=None, progress=True):
+        calls.append(len(rows))
+        if len(calls) == 2 and dying:
+            dying.clear()
+            raise Killed  # as a kill would, after the first chunk was kept
+        return real_generate(self, rows, sources, progress)
+
+    monkeypatch.setattr(type(generator), "generate", generate_then_die)
+    with pytest.raises(Killed):
+        generate_pool(generator, plan, data[1], progress=False, cache=cache, chunk_size=4)
+    assert len(list(cache.glob("chunk-*.npy"))) == 1 and not list(cache.glob(".partial-*"))
+    calls.clear()
+    resumed = generate_pool(generator, plan, data[1], progress=False, cache=cache, chunk_size=4)
+    assert calls == [4, 2]  # the kept first chunk is not sampled again
+    np.testing.assert_array_equal(resumed, uninterrupted)

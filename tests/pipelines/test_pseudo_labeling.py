@@ -88,16 +88,17 @@ def world() -> dict:
     }
 
 
+def nearest_real(world: dict, settings: dict, embeddings: pd.DataFrame | None = None, pool: tuple | None = None):
+    synthetic_manifest, arrays = pool or (world["synthetic_manifest"], world["arrays"])
+    return find_nearest_real(
+        synthetic_manifest, arrays, world["manifest"], world["images"],
+        world["embeddings"] if embeddings is None else embeddings, world["extractor"], settings, IMAGE,
+    )  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def guarded(world) -> tuple[pd.DataFrame, dict]:
-    return find_nearest_real(
-        world["synthetic_manifest"],
-        world["arrays"],
-        world["manifest"],
-        world["embeddings"],
-        world["extractor"],
-        PSEUDO_LABELING,
-    )
+    return nearest_real(world, PSEUDO_LABELING)
 
 
 def test_the_labeler_learns_the_classes_and_labels_every_synthetic_image(world) -> None:
@@ -113,33 +114,67 @@ def test_the_labeler_learns_the_classes_and_labels_every_synthetic_image(world) 
 def test_the_guard_flags_copies_of_train_and_validation_images_and_never_looks_at_test(world, guarded) -> None:
     nearest, report = guarded
     rows = nearest.set_index("image_id")
-    assert rows.loc[TRAIN_COPY, "memorised_train"] and rows.loc[
-        TRAIN_COPY, "nearest_train_similarity"
-    ] == pytest.approx(1.0, abs=1e-5)
+    assert rows.loc[TRAIN_COPY, "memorised_train"]
+    assert rows.loc[TRAIN_COPY, "nearest_train_similarity"] == pytest.approx(1.0, abs=1e-5)
     assert rows.loc[VAL_COPY, "copies_val"] and VAL_COPY in [copy["image_id"] for copy in report["copies_val"]]
     assert not rows.loc[TEST_COPY, ["memorised_train", "copies_val"]].any()  # test takes no part upstream
     test_ids = set(world["manifest"].loc[world["manifest"]["split"] == "test", "image_id"])
     assert not test_ids & (set(nearest["nearest_train_id"]) | set(nearest["nearest_val_id"]))
     assert "percentile 99 of 12 real val->train" in report["train_threshold_source"]
     without_test = world["embeddings"][world["embeddings"]["split"] != "test"]
-    again, _ = find_nearest_real(
-        world["synthetic_manifest"],
-        world["arrays"],
-        world["manifest"],
-        without_test,
-        world["extractor"],
-        PSEUDO_LABELING,
-    )
+    again, _ = nearest_real(world, PSEUDO_LABELING, embeddings=without_test)
     pd.testing.assert_frame_equal(again, nearest)  # the test embeddings are not even read
 
 
 def test_fixed_thresholds_replace_the_calibration(world) -> None:
     fixed = settings(memorisation={"train_threshold": 0.0, "val_threshold": 1.0})
-    nearest, report = find_nearest_real(
-        world["synthetic_manifest"], world["arrays"], world["manifest"], world["embeddings"], world["extractor"], fixed
-    )
+    nearest, report = nearest_real(world, fixed)
     assert report["train_threshold_source"] == "fixed" and nearest["memorised_train"].all()
     assert set(nearest.loc[nearest["copies_val"], "image_id"]) == {VAL_COPY}
+
+
+def jittered(image: np.ndarray, shift: int = 0, noise: float = 0.0, brighten: int = 0, seed: int = 0) -> np.ndarray:
+    """A copy of ``image`` shifted by ``shift`` pixels (edge repeated), with Gaussian noise and a brightness step."""
+    copy = np.roll(image.astype(np.float32), shift, axis=1)
+    if shift:
+        copy[:, :shift] = copy[:, shift : shift + 1]
+    copy += np.random.default_rng(seed).normal(0, noise, copy.shape) + brighten
+    return np.clip(np.round(copy), 0, 255).astype(np.uint8)
+
+
+def test_the_pixel_check_catches_shifted_noisy_and_brightened_copies(world) -> None:
+    manifest, images = world["manifest"], world["images"]
+    train = np.asarray(images[manifest.query("split == 'train'")["image_key"].iloc[2]])
+    val = np.asarray(images[manifest.query("split == 'val'")["image_key"].iloc[1]])
+    cases = {"shift1_val": jittered(val, shift=1), "shift2_train": jittered(train, shift=2),
+             "noise3_train": jittered(train, noise=3), "bright3_shift1_train": jittered(train, shift=1, brighten=3)}  # fmt: skip
+    pool = pd.DataFrame({"image_id": list(cases), "label": 0, "intended_class": "zero", "image_key": list(cases)})
+    arrays = np.stack(list(cases.values()))
+    # The tiny classes are noise around one colour, so a copy's source need not be among its 3 nearest in features
+    # (on real data it was the nearest in every case): compare the pixels of the 12 nearest.
+    without_pixels = settings(memorisation={"pixel_threshold": None})
+    plain, _ = nearest_real(world, without_pixels, pool=(pool, arrays))
+    flagged, report = nearest_real(world, settings(memorisation={"pixel_neighbours": 12}), pool=(pool, arrays))
+    rows = flagged.set_index("image_id")
+    assert (
+        rows.loc["shift1_val", "copies_val"]
+        and rows.loc[["shift2_train", "noise3_train", "bright3_shift1_train"], "memorised_train"].all()
+    )
+    assert (rows["nearest_train_pixel_distance"].drop("shift1_val") < 3).all()
+    caught_by_features = int(plain["memorised_train"].sum() + plain["copies_val"].sum())
+    assert report["n_memorised_train_by_pixels_only"] + report["n_copies_val_by_pixels_only"] == 4 - caught_by_features
+
+
+def test_the_pixel_distance_is_zero_for_a_shifted_brightened_copy_and_large_for_another_image() -> None:
+    from generative_augmentation.core.labeling import pixel_distance
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (1, 12, 12, 3)).astype(np.uint8)
+    copy = np.roll(image.astype(int), 1, axis=2) + 10
+    distances = pixel_distance(np.clip(copy, 0, 255).astype(np.uint8)[:, :, 1:], image[:, :, :-1], max_shift=2)
+    assert distances[0] < 1.5
+    other = rng.integers(0, 256, (1, 12, 12, 3)).astype(np.uint8)
+    assert pixel_distance(other, image, max_shift=2)[0] > 50
 
 
 def verdicts(world, guarded, mode: str, confidence_threshold: float = 0.4) -> pd.DataFrame:

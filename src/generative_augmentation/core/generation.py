@@ -295,15 +295,53 @@ def checkpoint_folder(root: Path, config: GenerationConfig, training_set: pd.Dat
 
 
 def generate_pool(
-    generator: Generator, plan: pd.DataFrame, real_images: Mapping[str, Any] | None, progress: bool = True
+    generator: Generator,
+    plan: pd.DataFrame,
+    real_images: Mapping[str, Any] | None,
+    progress: bool = True,
+    cache: Path | None = None,
+    chunk_size: int = 256,
 ) -> np.ndarray:
-    """The uint8 images of ``plan`` rows (a pool plan, or rows of the synthetic manifest to regenerate)."""
-    sources = None
-    if plan["source_image_key"].astype(bool).any():
-        if real_images is None:
-            raise ValueError("This generator makes each image from a real train image: pass the real images")
-        sources = stack_images(real_images, plan["source_image_key"], generator.image)
-    return generator.generate(plan, sources, progress=progress)
+    """The uint8 images of ``plan`` rows (a pool plan, or rows of the synthetic manifest to regenerate).
+
+    The rows are sampled in chunks of ``chunk_size``. With ``cache``, each finished chunk is kept there (written
+    atomically) under a name made from the generator and the chunk's rows, so a run killed while sampling resumes
+    with the chunks that are missing; chunks are the same batches either way, so the pool is byte-identical to an
+    uninterrupted run's.
+    """
+    chunks = [plan.iloc[start : start + chunk_size] for start in range(0, len(plan), chunk_size)]
+    images = []
+    for index, rows in enumerate(chunks):
+        path = _chunk_path(cache, generator, rows) if cache is not None else None
+        if path is not None and path.is_file():
+            images.append(np.load(path))
+            logger.info(
+                "Chunk %d of %d was sampled before the interruption: kept (%s)", index + 1, len(chunks), path.name
+            )
+            continue
+        sources = None
+        if rows["source_image_key"].astype(bool).any():
+            if real_images is None:
+                raise ValueError("This generator makes each image from a real train image: pass the real images")
+            sources = stack_images(real_images, rows["source_image_key"], generator.image)
+        batch = generator.generate(rows, sources, progress=progress)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            partial = path.with_name(".partial-" + path.name)
+            np.save(partial, batch)  # the name ends in .npy, so numpy writes exactly there
+            partial.replace(path)
+        images.append(batch)
+    return np.concatenate(images) if images else generator.image.empty()
+
+
+def sample_cache_folder(root: Path, generator: Generator) -> Path:
+    """Where the chunks of a generator's pool wait until the pool is saved."""
+    return Path(root) / f"samples-{generator.kind}-{generator.fingerprint()}"
+
+
+def _chunk_path(cache: Path, generator: Generator, rows: pd.DataFrame) -> Path:
+    digest = hashlib.sha1((generator.fingerprint() + rows.to_csv(index=False)).encode()).hexdigest()[:16]
+    return Path(cache) / f"chunk-{digest}.npy"
 
 
 def pool_summary(training_set: pd.DataFrame, synthetic_manifest: pd.DataFrame) -> pd.DataFrame:

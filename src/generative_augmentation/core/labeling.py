@@ -56,11 +56,20 @@ class GuardConfig(Config):
     val_percentile: float = 99.0
     train_threshold: float | None = None
     val_threshold: float | None = None
+    # The pixel check: a synthetic image is also a copy when, against one of its ``pixel_neighbours`` nearest real
+    # images in feature space, the mean absolute difference of brightness-centred pixels, at the best alignment
+    # within ``max_shift`` pixels, is below ``pixel_threshold`` grey levels (null: no pixel check). It catches
+    # shifted, brightened or slightly noisy copies whose features fall just short of the cosine threshold.
+    pixel_threshold: float | None = 6.0
+    max_shift: int = 2
+    pixel_neighbours: int = 3
 
     def checks(self):
         for split in ("train", "val"):
             yield from self.within(f"{split}_percentile", 0, 100)
             yield from self.within(f"{split}_threshold", 0, 1)
+        yield from self.at_least("pixel_threshold", "max_shift", minimum=0)
+        yield from self.at_least("pixel_neighbours")
 
 
 @dataclass(frozen=True)
@@ -118,37 +127,71 @@ def predict_labels(
 
 def guard(
     synthetic_ids: np.ndarray,
-    synthetic: np.ndarray,
-    train: tuple[np.ndarray, np.ndarray],
-    val: tuple[np.ndarray, np.ndarray],
+    synthetic: tuple[np.ndarray, np.ndarray],
+    train: tuple[np.ndarray, np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray, np.ndarray],
     config: GuardConfig,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """Nearest real train and validation image of every synthetic feature vector, the copy flags, and the
-    guard's report. ``train`` and ``val`` are (image ids, feature vectors)."""
-    (train_ids, train_vectors), (val_ids, val_vectors) = train, val
-    train_threshold, train_source = _threshold(config, "train", val_vectors, train_vectors)
-    val_threshold, val_source = _threshold(config, "val", train_vectors, val_vectors)
-    to_train, to_val = nearest(synthetic, train_vectors), nearest(synthetic, val_vectors)
-    table = pd.DataFrame({
-        "image_id": synthetic_ids,
-        "nearest_train_similarity": 1 - to_train[0][:, 0], "nearest_train_id": train_ids[to_train[1][:, 0]],
-        "nearest_val_similarity": 1 - to_val[0][:, 0], "nearest_val_id": val_ids[to_val[1][:, 0]],
-    })  # fmt: skip
-    table["memorised_train"] = table["nearest_train_similarity"] >= train_threshold - SIMILARITY_TOLERANCE
-    table["copies_val"] = table["nearest_val_similarity"] >= val_threshold - SIMILARITY_TOLERANCE
-    report = {
-        "train_threshold": train_threshold, "train_threshold_source": train_source,
-        "val_threshold": val_threshold, "val_threshold_source": val_source,
-        "n_synthetic": len(table), "n_memorised_train": int(table["memorised_train"].sum()),
-        "n_copies_val": int(table["copies_val"].sum()),
-        "copies_val": table.loc[table["copies_val"], ["image_id", "nearest_val_id", "nearest_val_similarity"]]
-        .round(6).to_dict("records"),
-    }  # fmt: skip
+    """Nearest real train and validation image of every synthetic image, the copy flags, and the guard's report.
+
+    ``synthetic`` is (feature vectors, uint8 images); ``train`` and ``val`` are (image ids, feature vectors,
+    uint8 images), all in the same order.
+    """
+    vectors, images = synthetic
+    columns: dict[str, Any] = {"image_id": synthetic_ids}
+    report: dict[str, Any] = {"n_synthetic": len(synthetic_ids)}
+    for split, (ids, reference, reference_images), other, flag in (
+        ("train", train, val, "memorised_train"),
+        ("val", val, train, "copies_val"),
+    ):
+        threshold, source = _threshold(config, split, other[1], reference)
+        distances, neighbours = nearest(vectors, reference, k=min(config.pixel_neighbours, len(reference)))
+        columns[f"nearest_{split}_similarity"] = 1 - distances[:, 0]
+        columns[f"nearest_{split}_id"] = ids[neighbours[:, 0]]
+        by_features = columns[f"nearest_{split}_similarity"] >= threshold - SIMILARITY_TOLERANCE
+        by_pixels = np.zeros(len(synthetic_ids), dtype=bool)
+        if config.pixel_threshold is not None:
+            pixel = np.stack(
+                [
+                    pixel_distance(images, reference_images[neighbours[:, rank]], config.max_shift)
+                    for rank in range(neighbours.shape[1])
+                ],
+                axis=1,
+            )
+            columns[f"nearest_{split}_pixel_distance"] = pixel.min(axis=1)
+            by_pixels = columns[f"nearest_{split}_pixel_distance"] < config.pixel_threshold
+        columns[flag] = by_features | by_pixels
+        report |= {
+            f"{split}_threshold": threshold, f"{split}_threshold_source": source,
+            f"n_{flag}": int(columns[flag].sum()), f"n_{flag}_by_pixels_only": int((by_pixels & ~by_features).sum()),
+        }  # fmt: skip
+    table = pd.DataFrame(columns)
+    report["pixel_threshold"] = config.pixel_threshold
+    report["copies_val"] = (
+        table.loc[table["copies_val"], ["image_id", "nearest_val_id", "nearest_val_similarity"]]
+        .round(6)
+        .to_dict("records")
+    )
     if report["n_copies_val"]:
         logger.warning(
             "%d synthetic image(s) are near-copies of real validation images: dropped", report["n_copies_val"]
         )
     return table, report
+
+
+def pixel_distance(images: np.ndarray, references: np.ndarray, max_shift: int) -> np.ndarray:
+    """Per pair, the mean absolute difference of brightness-centred pixels at the best alignment within
+    ``max_shift`` pixels (grey levels; the overlap of the shifted images is compared)."""
+    first, second = images.astype(np.float32), references.astype(np.float32)
+    height, width = first.shape[1:3]
+    best = np.full(len(first), np.inf, dtype=np.float32)
+    for dy in range(-max_shift, max_shift + 1):
+        for dx in range(-max_shift, max_shift + 1):
+            a = first[:, max(dy, 0) : height + min(dy, 0), max(dx, 0) : width + min(dx, 0)]
+            b = second[:, max(-dy, 0) : height + min(-dy, 0), max(-dx, 0) : width + min(-dx, 0)]
+            difference = (a - b) - (a - b).mean(axis=(1, 2, 3), keepdims=True)  # a brightness step is not a change
+            best = np.minimum(best, np.abs(difference).mean(axis=(1, 2, 3)))
+    return best
 
 
 def _threshold(config: GuardConfig, split: str, reference: np.ndarray, targets: np.ndarray) -> tuple[float, str]:

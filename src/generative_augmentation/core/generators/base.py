@@ -9,6 +9,7 @@ conditions on clusters or needs source images; the pipeline calls :meth:`fit`, :
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from abc import ABC, abstractmethod
@@ -119,6 +120,15 @@ class Generator(ABC):
     @abstractmethod
     def _sample(self, rows: pd.DataFrame, sources: np.ndarray | None, progress: bool) -> np.ndarray:
         """uint8 images of ``rows``, which share their sampling settings, at the working resolution."""
+
+    def fingerprint(self) -> str:
+        """What identifies this fitted generator: its kind, settings, classes, seed and training record."""
+        record = {
+            "kind": self.kind, "settings": self.settings.to_dict(), "image": self.image.to_dict(),
+            "class_names": self.class_names, "num_clusters": self.num_clusters, "seed": self.seed,
+            "loss_history": self.training.get("loss_history", []),
+        }  # fmt: skip
+        return hashlib.sha1(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16]
 
     def save(self, folder: str | Path) -> Path:
         """Write the generator into ``folder``: :data:`RECORD_FILE` and the kind's own files."""

@@ -8,6 +8,7 @@ the generator interface of :mod:`core.generators` and never branch on the kind.
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from generative_augmentation.core.generation import (
     generate_pool,
     plan_pool,
     pool_summary,
+    sample_cache_folder,
 )
 from generative_augmentation.core.generators import Generator
 from generative_augmentation.core.images import ImageSpec, array_to_pil, stack_images
@@ -61,11 +63,18 @@ def train_generator(
 
 
 def generate_synthetic_pool(
-    generator: Generator, plan: pd.DataFrame, real_images: dict[str, Any]
+    generator: Generator, plan: pd.DataFrame, real_images: dict[str, Any], checkpoints: Path, generation: dict[str, Any]
 ) -> tuple[dict[str, Image.Image], pd.DataFrame]:
-    """Every planned image; returns PNG partitions ``<class_name>/<image_id>`` and the pool's manifest."""
+    """Every planned image; returns PNG partitions ``<class_name>/<image_id>`` and the pool's manifest.
+
+    Finished chunks wait under ``checkpoints`` while the pool is sampled, so a killed run resumes where it stopped.
+    """
+    config = GenerationConfig.parse(generation)
+    cache = sample_cache_folder(checkpoints, generator)
     started = time.perf_counter()
-    arrays = generate_pool(generator, plan, real_images)
+    arrays = generate_pool(generator, plan, real_images, cache=cache)
+    if not config.keep_checkpoints:
+        shutil.rmtree(cache, ignore_errors=True)
     elapsed = time.perf_counter() - started
     logger.info("Generated %d images in %.1fs (%.2f images/s)", len(arrays), elapsed, len(arrays) / max(elapsed, 1e-9))
     manifest = plan[POOL_COLUMNS].reset_index(drop=True)

@@ -30,7 +30,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),  # fmt: skip
             node(
                 generate_synthetic_pool,
-                ["generator", "synthetic_pool_plan", "real_images"],
+                ["generator", "synthetic_pool_plan", "real_images", "generator_checkpoints", "params:generation"],
                 ["synthetic_images", "synthetic_manifest"],
                 name="generate_synthetic_pool",
             ),

@@ -61,25 +61,25 @@ def find_nearest_real(
     synthetic_manifest: pd.DataFrame,
     synthetic_arrays: np.ndarray,
     manifest: pd.DataFrame,
+    real_images: dict,
     embeddings: pd.DataFrame,
     feature_extractor: dict[str, Any],
     pseudo_labeling: dict[str, Any],
+    image: dict[str, Any],
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """Nearest real train and validation image of every synthetic image, with the calibrated copy flags, and the
-    guard's report. Test images take no part."""
-    config = PseudoLabelingConfig.parse(pseudo_labeling)
+    """Nearest real train and validation image of every synthetic image (features, then pixels), with the
+    calibrated copy flags, and the guard's report. Test images take no part."""
+    config, spec = PseudoLabelingConfig.parse(pseudo_labeling), ImageSpec.parse(image)
     synthetic = extractor_from_record(feature_extractor).embed(synthetic_arrays, batch_size=config.embedding_batch_size)
     references = {}
     for split in ("train", "val"):
-        ids = split_rows(manifest, split)["image_id"].to_numpy()
-        references[split] = (ids, embedding_matrix(embeddings, ids))
+        rows = split_rows(manifest, split)
+        ids = rows["image_id"].to_numpy()
+        references[split] = (ids, embedding_matrix(embeddings, ids), stack_images(real_images, rows["image_key"], spec))
     return labeling.guard(
-        synthetic_manifest["image_id"].to_numpy(),
-        synthetic,
-        references["train"],
-        references["val"],
+        synthetic_manifest["image_id"].to_numpy(), (synthetic, synthetic_arrays), references["train"], references["val"],
         config.memorisation,
-    )
+    )  # fmt: skip
 
 
 def apply_filter(
