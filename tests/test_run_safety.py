@@ -17,7 +17,7 @@ from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
 
 from generative_augmentation.core.config import ConfigError
-from generative_augmentation.run_safety import RUN_LOCK, acquire_lock, relocate_mlflow_store, release_lock
+from generative_augmentation.run_safety import RUN_LOCK, acquire_lock, release_lock, relocate_mlflow_store
 from tests.test_project_run import TINY, make_project
 
 QUICK = {**TINY, "study": {"arms": ["real"]}}
@@ -71,9 +71,11 @@ def statuses(project: Path) -> list[tuple[str, str, str | None]]:
 def test_a_terminated_run_is_marked_killed_and_the_resumed_run_links_to_it(project: Path) -> None:
     slow = {**QUICK, "classifier": {**QUICK["classifier"], "steps": 100000, "eval_every": 100000}}
     script = (
-        "import sys; from kedro.framework.session import KedroSession; from kedro.framework.startup import bootstrap_project;"
-        f"bootstrap_project({str(project)!r}); s = KedroSession.create(project_path={str(project)!r}, runtime_params={slow!r});"
-        "s.run(pipeline_names=['data_preparation', 'hybrid_assembly', 'evaluation'])"
+        "from kedro.framework.session import KedroSession\n"
+        "from kedro.framework.startup import bootstrap_project\n"
+        f"bootstrap_project({str(project)!r})\n"
+        f"session = KedroSession.create(project_path={str(project)!r}, runtime_params={slow!r})\n"
+        "session.run(pipeline_names=['data_preparation', 'hybrid_assembly', 'evaluation'])\n"
     )
     process = subprocess.Popen(
         [sys.executable, "-c", script], cwd=project, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True

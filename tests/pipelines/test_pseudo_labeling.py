@@ -146,8 +146,12 @@ def test_the_pixel_check_catches_shifted_noisy_and_brightened_copies(world) -> N
     manifest, images = world["manifest"], world["images"]
     train = np.asarray(images[manifest.query("split == 'train'")["image_key"].iloc[2]])
     val = np.asarray(images[manifest.query("split == 'val'")["image_key"].iloc[1]])
-    cases = {"shift1_val": jittered(val, shift=1), "shift2_train": jittered(train, shift=2),
-             "noise3_train": jittered(train, noise=3), "bright3_shift1_train": jittered(train, shift=1, brighten=3)}  # fmt: skip
+    cases = {
+        "shift1_val": jittered(val, shift=1),
+        "shift2_train": jittered(train, shift=2),
+        "noise3_train": jittered(train, noise=3),
+        "bright3_shift1_train": jittered(train, shift=1, brighten=3),
+    }
     pool = pd.DataFrame({"image_id": list(cases), "label": 0, "intended_class": "zero", "image_key": list(cases)})
     arrays = np.stack(list(cases.values()))
     # The tiny classes are noise around one colour, so a copy's source need not be among its 3 nearest in features

@@ -76,10 +76,10 @@ def find_nearest_real(
         rows = split_rows(manifest, split)
         ids = rows["image_id"].to_numpy()
         references[split] = (ids, embedding_matrix(embeddings, ids), stack_images(real_images, rows["image_key"], spec))
+    ids = synthetic_manifest["image_id"].to_numpy()
     return labeling.guard(
-        synthetic_manifest["image_id"].to_numpy(), (synthetic, synthetic_arrays), references["train"], references["val"],
-        config.memorisation,
-    )  # fmt: skip
+        ids, (synthetic, synthetic_arrays), references["train"], references["val"], config.memorisation
+    )
 
 
 def apply_filter(
