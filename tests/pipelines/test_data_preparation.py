@@ -225,7 +225,8 @@ def test_ratio_split_too_small_names_the_ratios(tmp_path: Path) -> None:
     for name in ("a", "b"):
         (tmp_path / name).mkdir()
         Image.new("RGB", (8, 8), color=(10, 20, 30) if name == "a" else (200, 0, 0)).save(tmp_path / name / "1.png")
-    with pytest.raises(ValueError, match=r"Split 'val' is empty: split.ratios \{.*\} gave it no image of the 2 images"):
+    message = r"Split 'test' is empty: split.ratios \{.*\} gave it no image of the 2 images \(2 patients\); raise its"
+    with pytest.raises(ValueError, match=message):
         prepare(tmp_path, "image_folder")
 
 
