@@ -92,6 +92,19 @@ def tiny_image_folder(tmp_path: Path) -> Path:
     return root
 
 
+@pytest.fixture
+def tiny_split_folder(tmp_path: Path) -> Path:
+    """A class-per-folder tree under train/ and test/ only (no val/), RGB PNGs, every image distinct."""
+    root = tmp_path / "split_folder"
+    rng = np.random.default_rng(3)
+    for split, count in (("train", 20), ("test", 6)):
+        for label, name in enumerate(["glioma", "meningioma", "notumor"]):
+            (root / split / name).mkdir(parents=True)
+            for index in range(count):
+                Image.fromarray(class_image(label, rng, 16)).save(root / split / name / f"{split}-{index:02d}.png")
+    return root
+
+
 @pytest.fixture(autouse=True, scope="session")
 def single_torch_thread():
     """Tiny models run fastest on one thread, and do not stall when the two cores are shared."""

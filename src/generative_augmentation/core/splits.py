@@ -36,13 +36,26 @@ def stratified_group_split(labels: np.ndarray, groups: np.ndarray, ratios: dict[
     problem = ratio_problem(ratios)
     if problem:
         raise ValueError(f"Split ratios {problem}")
-    ratios = {name: float(ratios.get(name, 0.0)) for name in SPLIT_NAMES}
+    return _greedy_group_split(labels, groups, {name: float(ratios.get(name, 0.0)) for name in SPLIT_NAMES}, seed)
+
+
+def carve_group_split(labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """``"val"`` for about ``fraction`` of the items, ``"train"`` for the rest, by the same greedy rule as
+    :func:`stratified_group_split`: no group spans both, each class is cut in about that proportion."""
+    if not 0 < fraction < 1:
+        raise ValueError(f"The fraction carved out must be in (0, 1), got {fraction}")
+    return _greedy_group_split(labels, groups, {"train": 1.0 - fraction, "val": fraction}, seed)
+
+
+def _greedy_group_split(labels: np.ndarray, groups: np.ndarray, ratios: dict[str, float], seed: int) -> np.ndarray:
     labels, groups = np.asarray(labels), np.asarray(groups)
+    if len(labels) == 0:
+        return np.array([], dtype=object)
     classes, label_index = np.unique(labels, return_inverse=True)
     group_ids, group_index = np.unique(groups, return_inverse=True)
     per_group = np.zeros((len(group_ids), len(classes)))
     np.add.at(per_group, (group_index, label_index), 1)
-    names = [name for name in SPLIT_NAMES if ratios[name] > 0]
+    names = [name for name in SPLIT_NAMES if ratios.get(name, 0.0) > 0]
     targets = np.array([ratios[name] for name in names])[:, None] * per_group.sum(0)[None, :]
     current = np.zeros_like(targets)
     order = numpy_rng(seed).permutation(len(group_ids))
@@ -58,6 +71,28 @@ def stratified_group_split(labels: np.ndarray, groups: np.ndarray, ratios: dict[
     return np.array(names, dtype=object)[assignment[group_index]]
 
 
+def linked_groups(patients: np.ndarray, links: np.ndarray) -> np.ndarray:
+    """Each item's group for splitting: its patient, joined with every patient it shares a ``links`` value with
+    (an identical image, by content hash), transitively. A group is named by its smallest patient id, so without
+    links the groups are the patients themselves."""
+    patients, links = np.asarray(patients).astype(str), np.asarray(links)
+    parent = {patient: patient for patient in patients}
+
+    def root(patient: str) -> str:
+        while parent[patient] != patient:
+            parent[patient] = parent[parent[patient]]
+            patient = parent[patient]
+        return patient
+
+    first_patient: dict[object, str] = {}
+    for patient, link in zip(patients, links, strict=True):
+        other = first_patient.setdefault(link, patient)
+        a, b = root(patient), root(other)
+        if a != b:
+            parent[max(a, b)] = min(a, b)
+    return np.array([root(patient) for patient in patients], dtype=object)
+
+
 def find_leaks(manifest: pd.DataFrame) -> dict[str, list[str]]:
     """Patients and identical images (``content_hash``) that appear in more than one split."""
     leaks = {}
@@ -65,6 +100,11 @@ def find_leaks(manifest: pd.DataFrame) -> dict[str, list[str]]:
         spread = manifest.groupby(column)["split"].nunique()
         leaks[column] = sorted(map(str, spread[spread > 1].index))
     return leaks
+
+
+def split_order(split: str) -> int:
+    """How held-out a split is: train 0, val 1, test 2."""
+    return SPLIT_NAMES.index(split)
 
 
 def split_counts(manifest: pd.DataFrame) -> pd.DataFrame:

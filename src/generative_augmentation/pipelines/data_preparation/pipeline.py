@@ -12,7 +12,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             node(
                 decode_images,
                 ["raw_images", "selected_records", "params:image"],
-                ["decoded_records", "decoded_arrays", "skipped_images"],
+                ["decoded_records", "decoded_arrays", "undecodable_images"],
                 name="decode_images",
             ),
             node(
@@ -23,8 +23,8 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             node(
                 audit_leakage,
-                ["candidate_manifest", "skipped_images"],
-                ["manifest", "split_audit"],
+                ["candidate_manifest", "undecodable_images", "params:split"],
+                ["manifest", "split_audit", "skipped_images"],
                 name="audit_leakage",
             ),
             node(write_working_images, ["manifest", "decoded_arrays"], "real_images", name="write_working_images"),
