@@ -28,5 +28,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                 name="audit_leakage",
             ),
             node(write_working_images, ["manifest", "decoded_arrays"], "real_images", name="write_working_images"),
-        ]
+        ],
+        namespace="data_preparation",  # nodes become data_preparation.<name>; kedro-viz draws them as one box
+        prefix_datasets_with_namespace=False,  # the datasets and parameters keep their names
     )

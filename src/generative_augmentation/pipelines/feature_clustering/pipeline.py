@@ -33,5 +33,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                 "cluster_maps",
                 name="plot_cluster_maps",
             ),
-        ]
+        ],
+        namespace="feature_clustering",  # nodes become feature_clustering.<name>; kedro-viz draws them as one box
+        prefix_datasets_with_namespace=False,  # the datasets and parameters keep their names
     )

@@ -74,5 +74,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                 "pseudo_labeling_examples",
                 name="plot_examples",
             ),
-        ]
+        ],
+        namespace="pseudo_labeling",  # nodes become pseudo_labeling.<name>; kedro-viz draws them as one box
+        prefix_datasets_with_namespace=False,  # the datasets and parameters keep their names
     )

@@ -15,5 +15,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                 name="select_representatives",
             ),
             node(plot_selection, "selected_images", "reduction_maps", name="plot_selection"),
-        ]
+        ],
+        namespace="reduction",  # nodes become reduction.<name>; kedro-viz draws them as one box
+        prefix_datasets_with_namespace=False,  # the datasets and parameters keep their names
     )
