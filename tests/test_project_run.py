@@ -103,7 +103,7 @@ def test_the_whole_default_study_runs_and_the_same_seed_gives_the_same_outputs(
     pd.testing.assert_frame_equal(first["metrics"], second["metrics"])
     with sqlite3.connect(tmp_path / "first" / "mlflow.db") as db:
         (parent,) = db.execute(
-            "select run_uuid from runs where name = '__default__' order by start_time limit 1"
+            "select run_uuid from runs where name like 'retinamnist · all · %' order by start_time limit 1"
         ).fetchone()
         children = db.execute(
             "select count(*) from tags where key = 'mlflow.parentRunId' and value = ?", (parent,)
