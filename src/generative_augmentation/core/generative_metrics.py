@@ -42,7 +42,7 @@ class QualityConfig(Config):
     image_size: int = 96
     kid_subset_size: int = 100
     kid_subsets: int = 50
-    min_images_for_fid: int = 200
+    min_images_for_fid: int = 2048
     nearest_k: int = 3
 
     def checks(self):

@@ -84,7 +84,7 @@ class DDPMSettings(Config):
     num_train_timesteps: int = 1000
     beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid"] = "squaredcos_cap_v2"
     prediction_type: Literal["epsilon", "v_prediction", "sample"] = "v_prediction"
-    horizontal_flip: bool = True
+    horizontal_flip: bool = False
     checkpoint_every: int = 500
     mixed_precision: bool = True
     sampling: DDPMSampling = field(default_factory=DDPMSampling)

@@ -71,7 +71,7 @@ class LoraSettings(Config):
     warmup_steps: int = 100
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
-    horizontal_flip: bool = True
+    horizontal_flip: bool = False
     checkpoint_every: int = 250
     mixed_precision: bool = True
 
