@@ -52,8 +52,11 @@ def main() -> None:
     for name in args.pipelines.split(","):
         rows.append(run_pipeline(name, args.env, args.params))
         print(f"{name}: {rows[-1]['wall_s']} s, peak {rows[-1]['peak_rss_mib']} MiB", flush=True)
-    total = {"pipeline": "total", "wall_s": round(sum(r["wall_s"] for r in rows), 1),
-             "peak_rss_mib": max(r["peak_rss_mib"] for r in rows)}  # fmt: skip
+    total = {
+        "pipeline": "total",
+        "wall_s": round(sum(r["wall_s"] for r in rows), 1),
+        "peak_rss_mib": max(r["peak_rss_mib"] for r in rows),
+    }
     machine = {"cpus": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version()}
     output = ROOT / args.output
     output.parent.mkdir(parents=True, exist_ok=True)

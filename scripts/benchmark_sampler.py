@@ -181,8 +181,10 @@ def main() -> None:
     compared = [name for name in args.compare.split(",") if name and name != fast_sampler]
     for name in [fast_sampler, *compared]:
         if name not in FAST_SAMPLER_NAMES:
-            raise SystemExit(f"--sampler, --compare and generation.ddpm.sampling.sampler take fast samplers "
-                             f"({', '.join(FAST_SAMPLER_NAMES)}), got {name!r}")  # fmt: skip
+            raise SystemExit(
+                f"--sampler, --compare and generation.ddpm.sampling.sampler take fast samplers "
+                f"({', '.join(FAST_SAMPLER_NAMES)}), got {name!r}"
+            )
     guidance = args.guidance if args.guidance is not None else sampling.guidance_scale
     manifest, images = catalog.load("manifest"), catalog.load("real_images")
     training_set, _ = plan_pool(manifest, catalog.load("clusters"), config, params["seed"])
@@ -210,9 +212,14 @@ def main() -> None:
         fake, seconds = time_sampler(generator, plan, sampler, sampler_steps, guidance)
         kid_mean, kid_std = kid(real["val"], extractor.embed(fake), seed=params["seed"])
         samplers[key] = {
-            "name": name, "sampler": sampler, "steps": sampler_steps, "seconds": round(seconds, 2),
-            "images_per_second": len(plan) / seconds, "kid_mean": kid_mean, "kid_std": kid_std,
-        }  # fmt: skip
+            "name": name,
+            "sampler": sampler,
+            "steps": sampler_steps,
+            "seconds": round(seconds, 2),
+            "images_per_second": len(plan) / seconds,
+            "kid_mean": kid_mean,
+            "kid_std": kid_std,
+        }
         logger.info("%s: %.1f s, KID %.5f ± %.5f", name, seconds, kid_mean, kid_std)
     for row in samplers.values():
         row["kid_ratio"] = row["kid_mean"] / max(samplers["ddpm_1000"]["kid_mean"], 1e-12)
@@ -220,15 +227,25 @@ def main() -> None:
     speedup = samplers["fast"]["images_per_second"] / samplers["ddpm_1000"]["images_per_second"]
     kid_ratio = samplers["fast"]["kid_ratio"]
     result = {
-        "generator": origin, "images": len(plan), "batch_size": args.batch_size, "guidance_scale": guidance,
-        "samplers": samplers, "speedup": speedup, "kid_ratio": kid_ratio, "reference": "real validation images",
-        "kid_real_train_mean": floor_mean, "kid_real_train_std": floor_std,
+        "generator": origin,
+        "images": len(plan),
+        "batch_size": args.batch_size,
+        "guidance_scale": guidance,
+        "samplers": samplers,
+        "speedup": speedup,
+        "kid_ratio": kid_ratio,
+        "reference": "real validation images",
+        "kid_real_train_mean": floor_mean,
+        "kid_real_train_std": floor_std,
         "target_met": bool(speedup >= TARGET_SPEEDUP and kid_ratio <= TARGET_KID_RATIO),
         "train_steps_per_second": training_speed(catalog, params, config, training_set, args.train_probe_steps),
-        "train_batch_size": config.settings.batch_size, "model": generator.settings.to_dict(),
+        "train_batch_size": config.settings.batch_size,
+        "model": generator.settings.to_dict(),
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)",
-        "torch_threads": torch.get_num_threads(), "machine": platform.machine(), "feature_size": args.feature_size,
-    }  # fmt: skip
+        "torch_threads": torch.get_num_threads(),
+        "machine": platform.machine(),
+        "feature_size": args.feature_size,
+    }
     output = Path(args.output) if args.output else data_dir / "08_reporting" / "benchmarks" / "sampler_benchmark.json"
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(result, indent=2))

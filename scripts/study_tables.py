@@ -2,7 +2,7 @@
 
 Usage: .venv/bin/python scripts/study_tables.py [DATA_DIR] [SCENARIO ...]   (default: data; e.g. data/odir5k)
 
-The scenarios named after the folder get a per-class precision / recall table beside `real` (the paper's
+The arms named after the folder get a per-class recall table beside `real` (the paper's
 per-class figures compare to it).
 """
 
@@ -13,8 +13,13 @@ from pathlib import Path
 
 import pandas as pd
 
-METRICS = [("f1", "macro", "macro-F1"), ("balanced_accuracy", "macro", "bal. acc."), ("auc", "macro", "AUC"),
-           ("precision", "macro", "macro precision"), ("recall", "minority", "minority recall")]  # fmt: skip
+METRICS = [
+    ("f1", "macro-F1"),
+    ("balanced_accuracy", "bal. acc."),
+    ("auc", "AUC"),
+    ("precision", "macro precision"),
+    ("minority_recall", "minority recall"),
+]
 
 
 def latest(folder: Path, name: str, required: bool = True) -> pd.DataFrame | None:
@@ -27,41 +32,54 @@ def latest(folder: Path, name: str, required: bool = True) -> pd.DataFrame | Non
     return pd.read_csv(versions[-1])
 
 
-def scenario_table(summary: pd.DataFrame) -> str:
-    """One row per scenario: mean [95% CI] and the paired difference to real for each headline metric."""
-    lines = ["| scenario | " + " | ".join(label for *_, label in METRICS) + " |", "|---" * (len(METRICS) + 1) + "|"]
-    order = summary.drop_duplicates("scenario").sort_values(["kind", "ratio"])["scenario"]
+def primary_table(primary: pd.DataFrame) -> str:
+    """The pre-registered contrasts: the only rows that carry a verdict."""
+    lines = [
+        "| treatment | control | difference [95% CI] | p | p (Holm) | smallest detectable | verdict |",
+        "|---|---|---|---:|---:|---:|---|",
+    ]
+    for row in primary.itertuples():
+        lines.append(
+            f"| {row.treatment} | {row.control} | {row.estimate:+.3f} [{row.low:+.3f}, {row.high:+.3f}] "
+            f"| {row.p_value:.3f} | {row.p_holm:.3f} | {row.mde:.3f} | {row.verdict} |"
+        )
+    return "\n".join(lines)
+
+
+def scenario_table(estimates: pd.DataFrame) -> str:
+    """One row per arm: mean [95% CI] and the paired difference to real for each headline metric (no verdicts)."""
+    lines = ["| arm | " + " | ".join(label for _, label in METRICS) + " |", "|---" * (len(METRICS) + 1) + "|"]
+    order = estimates.drop_duplicates("scenario").sort_values(["kind", "ratio"], kind="stable")["scenario"]
     for scenario in order:
         cells = []
-        for metric, class_name, _ in METRICS:
-            row = summary[(summary["scenario"] == scenario) & (summary["metric"] == metric)
-                          & (summary["class_name"] == class_name)]  # fmt: skip
+        for metric, _ in METRICS:
+            row = estimates[(estimates["scenario"] == scenario) & (estimates["metric"] == metric)]
             if row.empty:
                 cells.append("–")
                 continue
             r = row.iloc[0]
             cell = f"{r['mean']:.3f} [{r['low']:.3f}, {r['high']:.3f}]"
-            if scenario != "real":
+            if scenario != "real" and "diff_vs_real" in r and pd.notna(r["diff_vs_real"]):
                 cell += f"<br>Δ {r['diff_vs_real']:+.3f} [{r['diff_low']:+.3f}, {r['diff_high']:+.3f}]"
             cells.append(cell)
         lines.append(f"| {scenario} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def per_class_table(summary: pd.DataFrame, scenarios: list[str]) -> str:
-    """Per-class precision and recall (mean over seeds, %) of `real` and the given scenarios."""
-    rows = summary[summary["metric"].isin(["precision", "recall"]) & ~summary["class_name"].isin(["macro", "minority"])]
-    columns = [(scenario, metric) for scenario in ["real", *scenarios] for metric in ("precision", "recall")]
-    lines = ["| class | " + " | ".join(f"{scenario} {metric}" for scenario, metric in columns) + " |",
-             "|---" + "|---:" * len(columns) + "|"]  # fmt: skip
-    for class_name in sorted(rows["class_name"].unique()):
+def per_class_table(estimates: pd.DataFrame, scenarios: list[str]) -> str:
+    """Per-class recall (mean over replicates, %) of `real` and the given arms."""
+    rows = estimates[estimates["metric"].str.startswith("recall.")]
+    columns = ["real", *scenarios]
+    lines = [
+        "| class | " + " | ".join(f"{scenario} recall" for scenario in columns) + " |",
+        "|---" + "|---:" * len(columns) + "|",
+    ]
+    for metric in sorted(rows["metric"].unique()):
         cells = []
-        for scenario, metric in columns:
-            match = rows[
-                (rows["scenario"] == scenario) & (rows["metric"] == metric) & (rows["class_name"] == class_name)
-            ]
+        for scenario in columns:
+            match = rows[(rows["scenario"] == scenario) & (rows["metric"] == metric)]
             cells.append(f"{100 * match['mean'].iloc[0]:.1f}" if len(match) else "–")
-        lines.append(f"| {class_name} | " + " | ".join(cells) + " |")
+        lines.append(f"| {metric.removeprefix('recall.')} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -74,10 +92,11 @@ def markdown(frame: pd.DataFrame) -> str:
 def main() -> None:
     """Print the tables."""
     folder = Path(sys.argv[1] if len(sys.argv) > 1 else "data")
-    summary = latest(folder, "scenario_statistics.csv")
-    print(scenario_table(summary))
+    print(primary_table(latest(folder, "primary_contrasts.csv")))
+    estimates = latest(folder, "scenario_estimates.csv")
+    print("\n" + scenario_table(estimates))
     if len(sys.argv) > 2:
-        print("\n" + per_class_table(summary, sys.argv[2:]))
+        print("\n" + per_class_table(estimates, sys.argv[2:]))
     quality = latest(folder, "generative_quality.csv", required=False)
     if quality is not None:
         print("\n" + markdown(quality.round(4)))

@@ -49,10 +49,17 @@ def study_data(
                 image_id = f"{split}_{label}_{index:03d}"
                 key = f"{split}/{names[label]}/{image_id}"
                 images[key] = Image.fromarray(class_image(label, rng, size))
-                rows.append({
-                    "image_id": image_id, "patient_id": image_id, "label": label, "class_code": str(label),
-                    "class_name": names[label], "split": split, "image_key": key,
-                })  # fmt: skip
+                rows.append(
+                    {
+                        "image_id": image_id,
+                        "patient_id": image_id,
+                        "label": label,
+                        "class_code": str(label),
+                        "class_name": names[label],
+                        "split": split,
+                        "image_key": key,
+                    }
+                )
     return pd.DataFrame(rows), images
 
 

@@ -60,6 +60,9 @@ def test_scenario_metrics_name_macro_and_class_rows_and_drop_nan() -> None:
 
 def test_saved_objects_are_logged_to_mlflow_by_type(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
+    # set_tracking_uri also exports MLFLOW_TRACKING_URI: both are undone after the test, for the runs of later tests
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setattr(mlflow.tracking._tracking_service.utils, "_tracking_uri", None)
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     figure = Figure()
     figure.add_subplot().plot([0, 1], [1, 0])
@@ -79,7 +82,13 @@ def test_saved_objects_are_logged_to_mlflow_by_type(tmp_path: Path, monkeypatch:
         for folder in ("plots", "reporting", "models")
         for item in client.list_artifacts(run.info.run_id, folder)
     }
-    assert {"plots/curve.png", "plots/maps", "reporting/table.csv", "reporting/report.html", "reporting/guard.json",
-            "models/labeler.safetensors"} <= listed  # fmt: skip
+    assert {
+        "plots/curve.png",
+        "plots/maps",
+        "reporting/table.csv",
+        "reporting/report.html",
+        "reporting/guard.json",
+        "models/labeler.safetensors",
+    } <= listed
     table = Path(client.download_artifacts(run.info.run_id, "reporting/table.csv", str(tmp_path)))
     assert table.read_text().splitlines() == ["x", "1", "2"]

@@ -26,13 +26,26 @@ TINY = {
     "classifier": {"width": 8, "steps": 10, "eval_every": 5, "batch_size": 32},
     "evaluation": {"replicates": 2, "quality": {"image_size": 32, "kid_subsets": 5, "nearest_k": 2}},
     "feature_clustering": {"extractor": {"image_size": 32}, "clustering": {"k_range": [2, 3]}, "tsne": {"n_iter": 50}},
-    "generation": {"ddpm": {"block_out_channels": [16, 32], "train_steps": 2, "num_train_timesteps": 50,
-                            "sampling": {"steps": 3}}, "min_train_images_per_class": 2,
-                   "pool": {"multiple": 2.0}, "report": {"images_per_row": 4}},
+    "generation": {
+        "ddpm": {"block_out_channels": [16, 32], "train_steps": 2, "num_train_timesteps": 50, "sampling": {"steps": 3}},
+        "min_train_images_per_class": 2,
+        "pool": {"multiple": 2.0},
+        "report": {"images_per_row": 4},
+    },
     "pseudo_labeling": {"labeler": {"width": 8, "steps": 20}},
     "reduction": {"tsne": {"n_iter": 50}},
-    "study": {"arms": ["real", "synthetic_x1", "count_matched_x1", "reduced_synthetic_x1"]},
-}  # fmt: skip
+    "study": {
+        "arms": ["real", "synthetic_x1", "count_matched_x1", "reduced_synthetic_x1"],
+        "statistics": {
+            "contrasts": [
+                ["synthetic_x1", "real"],
+                ["synthetic_x1", "count_matched_x1"],
+                ["reduced_synthetic_x1", "real"],
+            ],
+            "resamples": 200,
+        },
+    },
+}
 
 
 @functools.cache
@@ -88,10 +101,12 @@ def test_the_whole_default_study_runs_and_the_same_seed_gives_the_same_outputs(
         outputs[name] = {
             "manifest": pd.read_parquet(project / "data/03_primary/manifest.parquet"),
             "pool": pd.read_parquet(project / "data/07_model_output/synthetic_manifest.parquet"),
-            "pngs": {path.relative_to(project / "data/07_model_output/synthetic"): np.asarray(Image.open(path))
-                     for path in (project / "data/07_model_output/synthetic").rglob("*.png")},
+            "pngs": {
+                path.relative_to(project / "data/07_model_output/synthetic"): np.asarray(Image.open(path))
+                for path in (project / "data/07_model_output/synthetic").rglob("*.png")
+            },
             "metrics": pd.read_csv(latest(project, "data/08_reporting/scenario_metrics.csv")),
-        }  # fmt: skip
+        }
     first, second = outputs["first"], outputs["second"]
     assert first["manifest"].groupby("split").size().to_dict() == {"test": 18, "train": 52, "val": 14}
     assert len(first["pool"]) > 0 and len(first["pngs"]) == len(first["pool"])
@@ -116,7 +131,8 @@ def test_the_whole_default_study_runs_and_the_same_seed_gives_the_same_outputs(
 def test_only_missing_outputs_reruns_evaluation_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     project = make_project(tmp_path)
     monkeypatch.chdir(project)
-    monkeypatch.setitem(TINY, "study", {"arms": ["real", "traditional"]})  # no generation needed
+    study = {"arms": ["real", "traditional"], "statistics": {"contrasts": [["traditional", "real"]]}}
+    monkeypatch.setitem(TINY, "study", study)  # no generation needed
     pipelines = ["data_preparation", "hybrid_assembly", "evaluation"]
     run(project, pipelines)
     upstream = [project / "data/03_primary/manifest.parquet", *(project / "data/05_model_input").rglob("*.parquet")]

@@ -27,32 +27,11 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_each_environment_builds_its_own_scenarios_in_any_order(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(project)
-    retina = {
-        "real",
-        "traditional",
-        "synthetic_x0p5",
-        "synthetic_x1",
-        "synthetic_x2",
-        "synthetic_x4",
-        "count_matched_x1",
-        "reduced_synthetic_x2",
-        "balanced",
-    }
-    seven = {
-        "real",
-        "traditional",
-        "synthetic_x1",
-        "synthetic_x2",
-        "synthetic_x4",
-        "count_matched_x1",
-        "reduced_synthetic_x1",
-        "reduced_synthetic_x2",
-        "balanced",
-    }
-    assert arms_of(project, "odir5k_7class") == seven
-    assert arms_of(project, None) == retina  # the default environment
-    assert arms_of(project, "odir5k") == retina - {"reduced_synthetic_x2"}
-    assert arms_of(project, "odir5k_7class") == seven
+    base = {"real", "traditional", "synthetic_x1", "count_matched_x1"}
+    assert arms_of(project, "odir5k_7class") == base | {"reduced_synthetic_x1"}
+    assert arms_of(project, None) == base  # the default environment, retinamnist, keeps base's arms
+    assert arms_of(project, "odir5k") == base | {"synthetic_x2", "count_matched_x2"}
+    assert arms_of(project, "odir5k_7class") == base | {"reduced_synthetic_x1"}
     assert arms_of(project, "image_folder") == {"real", "traditional", "synthetic_x1", "count_matched_x1"}  # base's
 
 
@@ -60,14 +39,17 @@ def test_runtime_parameters_shape_the_pipelines_and_name_a_bad_arm(
     project: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(project)
-    assert arms_of(project, None, {"study": {"arms": ["real", "balanced"]}}) == {"real", "balanced"}
+    balanced = {"arms": ["real", "balanced"], "statistics": {"contrasts": [["balanced", "real"]]}}
+    assert arms_of(project, None, {"study": balanced}) == {"real", "balanced"}
+    with pytest.raises(ValueError, match=r"study.statistics.contrasts compares best_synthetic with its count_matched"):
+        arms_of(project, None, {"study": {"arms": ["real", "balanced"]}})  # base's contrasts need a control
     with pytest.raises(ValueError, match=r"study.arms names \['nonsense'\], which are not defined under scenarios"):
         arms_of(project, None, {"study": {"arms": ["real", "nonsense"]}})
 
 
 def test_each_namespaced_arm_reads_its_own_parameter_subtree(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(project)
-    arms_of(project, None)
+    arms_of(project, "odir5k")
     train = next(node for node in pipelines["evaluation"].nodes if node.name == "synthetic_x2.train_classifier")
     assemble = next(node for node in pipelines["hybrid_assembly"].nodes if node.name == "count_matched_x1.assemble")
     assert "params:scenarios.synthetic_x2" in train.inputs and "synthetic_images" in train.inputs

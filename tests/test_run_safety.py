@@ -8,6 +8,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from generative_augmentation.core.config import ConfigError
 from generative_augmentation.run_safety import RUN_LOCK, acquire_lock, release_lock, relocate_mlflow_store
 from tests.test_project_run import TINY, make_project
 
-QUICK = {**TINY, "study": {"arms": ["real"]}}
+QUICK = {**TINY, "study": {"arms": ["real", "traditional"], "statistics": {"contrasts": [["traditional", "real"]]}}}
 
 
 @pytest.fixture
@@ -80,10 +81,15 @@ def test_a_terminated_run_is_marked_killed_and_the_resumed_run_links_to_it(proje
     process = subprocess.Popen(
         [sys.executable, "-c", script], cwd=project, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
-    deadline = time.monotonic() + 120
-    for line in process.stdout:
-        if "Running node: real.train_classifier" in line or time.monotonic() > deadline:
-            break
+    training = threading.Event()
+
+    def watch() -> None:  # a reader thread: a log line that never comes cannot hang the test
+        for line in process.stdout:
+            if "Running node: train_classifier" in line:
+                training.set()
+
+    threading.Thread(target=watch, daemon=True).start()
+    assert training.wait(timeout=180), "the run never reached a classifier's training"
     time.sleep(2)
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=60) == 128 + signal.SIGTERM

@@ -119,8 +119,14 @@ class ScenarioRunHooks:
         for replicate, rows in table.groupby("replicate"):
             with mlflow.start_run(run_name=f"{scenario} replicate {replicate}", nested=True):
                 mlflow.set_tags({"scenario": scenario, "kind": spec.get("kind", "real")})
-                mlflow.log_params({"scenario": scenario, "kind": spec.get("kind", "real"),
-                                   "ratio": spec.get("ratio", 0.0), "replicate": int(replicate)})  # fmt: skip
+                mlflow.log_params(
+                    {
+                        "scenario": scenario,
+                        "kind": spec.get("kind", "real"),
+                        "ratio": spec.get("ratio", 0.0),
+                        "replicate": int(replicate),
+                    }
+                )
                 mlflow.log_metrics(scenario_metrics(rows))
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import mlflow
 from kedro.framework.hooks import hook_impl
+from kedro.io import MemoryDataset
 from mlflow.tracking import MlflowClient
 
 from generative_augmentation.validation import check_parameters
@@ -209,6 +210,23 @@ class RunNamingHooks:
     def __init__(self, safety: RunSafetyHooks) -> None:
         self.safety = safety
 
+    @hook_impl
+    def after_catalog_created(self, catalog) -> None:
+        """Hand the run's provenance to the report through the catalog (dataset ``run_provenance``)."""
+        context = self.safety.context
+        if context is None:
+            return
+        record = {
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "environment": context.env or "retinamnist",
+            **provenance(context),
+            "classifier threads": "1 each",
+        }
+        declared = catalog.get("run_provenance")  # conf/base/catalog.yml gives it its kedro-viz layer
+        catalog["run_provenance"] = MemoryDataset(
+            record, copy_mode="assign", metadata=getattr(declared, "metadata", None)
+        )
+
     @hook_impl(trylast=True)  # after kedro-mlflow has opened the run
     def before_pipeline_run(self, run_params: dict[str, Any]) -> None:
         run = mlflow.active_run()
@@ -259,5 +277,8 @@ def provenance(context: Any) -> dict[str, str]:
         commit, dirty = "", ""
     import torch
 
-    return {"commit": (commit + ("+changes" if dirty else "")) or "unknown", "parameters_digest": digest,
-            "torch_threads": str(torch.get_num_threads())}  # fmt: skip
+    return {
+        "commit": (commit + ("+changes" if dirty else "")) or "unknown",
+        "parameters_digest": digest,
+        "torch_threads": str(torch.get_num_threads()),
+    }

@@ -89,8 +89,13 @@ def test_representatives_are_the_members_nearest_each_centroid() -> None:
 
 def train_rows(labels: list[str]) -> pd.DataFrame:
     names = sorted(set(labels))
-    return pd.DataFrame({"image_id": [f"img_{i}" for i in range(len(labels))], "class_name": labels,
-                         "label": [names.index(name) for name in labels]})  # fmt: skip
+    return pd.DataFrame(
+        {
+            "image_id": [f"img_{i}" for i in range(len(labels))],
+            "class_name": labels,
+            "label": [names.index(name) for name in labels],
+        }
+    )
 
 
 def test_cluster_classes_returns_one_deterministic_row_per_image_and_a_summary() -> None:

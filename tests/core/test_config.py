@@ -36,9 +36,13 @@ def test_values_are_converted_by_their_annotation_and_defaults_fill_the_rest() -
     assert config == Outer(name="x", steps=10, widths=(3, 4), inner=Inner(rate=1.0), switch=False)
     assert isinstance(config.inner.rate, float) and config.classes is None
     assert config.to_dict() == {
-        "name": "x", "steps": 10, "widths": [3, 4], "classes": None,
-        "inner": {"rate": 1.0, "mode": "a"}, "switch": False,
-    }  # fmt: skip
+        "name": "x",
+        "steps": 10,
+        "widths": [3, 4],
+        "classes": None,
+        "inner": {"rate": 1.0, "mode": "a"},
+        "switch": False,
+    }
     assert Outer.parse(config.to_dict()) == config
 
 

@@ -156,4 +156,24 @@ def test_missing_inputs_and_a_small_pool_are_named(manifest, labeled_synthetic) 
 )
 def test_bad_study_parameters_are_refused(scenarios: dict, arms: list, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
-        study_scenarios({"arms": arms}, scenarios)
+        study_scenarios({"arms": arms, "statistics": {"contrasts": [["p", "q"]]}}, scenarios)  # arms fail first
+
+
+SYNTHETIC_STUDY = {"s": {"kind": "synthetic", "ratio": 1.0}, "r": {"kind": "real"}, "t": {"kind": "traditional"}}
+
+
+@pytest.mark.parametrize(
+    ("contrasts", "message"),
+    [
+        ([], r"study.statistics.contrasts is empty"),
+        ([["s", "s"]], r"study.statistics.contrasts must list \[treatment, control\] pairs of two different arms"),
+        ([["s", "r", "t"]], r"must list \[treatment, control\] pairs"),
+        ([["s", "absent"]], r"study.statistics.contrasts names 'absent', which is not in study.arms"),
+        ([["best_synthetic", "count_matched"]], r"no count_matched arm controlling \['s'\]"),
+    ],
+)
+def test_bad_contrasts_are_refused_before_anything_runs(contrasts: list, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        study_scenarios({"arms": ["r", "t", "s"], "statistics": {"contrasts": contrasts}}, SYNTHETIC_STUDY)
+    with pytest.raises(ConfigError, match=r"names best_synthetic but no arm of study.arms draws synthetic images"):
+        study_scenarios({"arms": ["r", "t"], "statistics": {"contrasts": [["best_synthetic", "r"]]}}, SYNTHETIC_STUDY)

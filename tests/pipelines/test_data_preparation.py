@@ -186,8 +186,10 @@ def test_missing_val_folder_is_carved_from_train(tiny_split_folder: Path, caplog
         manifest, *_ = prepare(tiny_split_folder, "image_folder", split={"use_official": True})
     assert manifest.groupby("split").size().to_dict() == {"test": 18, "train": 51, "val": 9}
     assert manifest[manifest["split"] == "val"].groupby("class_name").size().to_dict() == {
-        "glioma": 3, "meningioma": 3, "notumor": 3,
-    }  # fmt: skip
+        "glioma": 3,
+        "meningioma": 3,
+        "notumor": 3,
+    }
     assert manifest.loc[manifest["split"] == "val", "source"].str.contains("/train/").all()
     assert "The official split has no val images: moved 9 of 60 train images (9 of 60 patients) to val" in caplog.text
 

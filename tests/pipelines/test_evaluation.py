@@ -14,12 +14,9 @@ from kedro_datasets.pandas import CSVDataset
 from generative_augmentation.core.evaluation import training_arrays
 from generative_augmentation.core.images import ImageSpec, array_to_pil
 from generative_augmentation.core.scenarios import real_training_rows, study_scenarios
-from generative_augmentation.core.study import mean_interval
 from generative_augmentation.pipelines.evaluation import create_pipeline
 from generative_augmentation.pipelines.evaluation.nodes import (
-    collect_metrics,
     score_on_test,
-    summarise,
     train_classifiers,
 )
 from tests.conftest import class_image, study_data
@@ -27,7 +24,7 @@ from tests.conftest import class_image, study_data
 IMAGE = {"size": 16, "mode": "RGB"}
 CLASSIFIER = {"steps": 20, "eval_every": 5, "batch_size": 16, "patience": 4}
 EVALUATION = {
-    "replicates": 2,
+    "replicates": 3,
     "report_title": "Tiny study",
     "quality": {"image_size": 32, "kid_subsets": 5, "nearest_k": 2},
 }
@@ -37,7 +34,10 @@ SCENARIOS = {
     "traditional": {"kind": "traditional"},
     "synthetic_x1": {"kind": "synthetic", "ratio": 1.0},
 }
-STUDY = {"arms": ["real", "traditional", "synthetic_x1"]}
+STUDY = {
+    "arms": ["real", "traditional", "synthetic_x1"],
+    "statistics": {"contrasts": [["best_synthetic", "real"], ["best_synthetic", "traditional"]], "resamples": 200},
+}
 NAMES = ["a", "b", "c"]
 
 
@@ -80,12 +80,12 @@ def test_train_and_score_every_replicate(data) -> None:
         IMAGE,
         0,
     )
-    assert weights["config"]["replicates"] == [0, 1] and set(history["replicate"]) == {0, 1}
-    assert {name.split(".")[0] for name in weights["state_dict"]} == {"replicate_0", "replicate_1"}
+    assert weights["config"]["replicates"] == [0, 1, 2] and set(history["replicate"]) == {0, 1, 2}
+    assert {name.split(".")[0] for name in weights["state_dict"]} == {"replicate_0", "replicate_1", "replicate_2"}
     scores, predictions, figure = score_on_test(weights, manifest, images, IMAGE)
-    assert set(scores["replicate"]) == {0, 1} and set(scores["class_name"]) == {*NAMES, "macro"}
+    assert set(scores["replicate"]) == {0, 1, 2} and set(scores["class_name"]) == {*NAMES, "macro"}
     assert {"f1", "balanced_accuracy", "auc", "recall", "precision", "accuracy"} <= set(scores["metric"])
-    assert len(predictions) == 2 * 15 and np.allclose(predictions[["p_0", "p_1", "p_2"]].sum(1), 1, atol=1e-5)
+    assert len(predictions) == 3 * 15 and np.allclose(predictions[["p_0", "p_1", "p_2"]].sum(1), 1, atol=1e-5)
     macro_f1 = scores.query("metric == 'f1' and class_name == 'macro'")["value"]
     assert (macro_f1 > 0.6).all()  # the classes are easy: a trained classifier, not chance
     assert figure.axes[0].get_title() == "Confusion matrix"
@@ -140,38 +140,6 @@ def test_training_arrays_read_real_duplicate_and_synthetic_rows_and_refuse_unkno
         training_arrays(table, images, None, ImageSpec.parse(IMAGE))
 
 
-def test_interval_and_paired_difference_on_known_values() -> None:
-    mean, low, high = mean_interval(np.array([1.0, 2.0, 3.0]), 0.95)
-    assert mean == 2.0 and high - mean == pytest.approx(4.302653 / np.sqrt(3), rel=1e-5)
-    assert np.isnan(mean_interval(np.array([0.4]), 0.95)[1])  # one value: no interval at all
-    rows = []
-    for scenario, values in (("real", [0.5, 0.6, 0.7]), ("synthetic_x1", [0.6, 0.7, 0.8])):
-        rows += [
-            {"scenario": scenario, "replicate": r, "metric": "f1", "class_name": "macro", "value": v}
-            for r, v in enumerate(values)
-        ]
-    metrics = pd.DataFrame(rows).assign(kind="real", ratio=0.0)
-    summary = summarise(metrics, {"confidence": 0.95}).set_index("scenario")
-    assert summary.loc["synthetic_x1", "diff_vs_real"] == pytest.approx(0.1)
-    assert summary.loc["synthetic_x1", "diff_high"] - summary.loc["synthetic_x1", "diff_low"] == pytest.approx(
-        0, abs=1e-12
-    )
-
-
-def test_collect_adds_minority_rows_for_the_augmented_classes(data) -> None:
-    per_class = [
-        {"replicate": 0, "metric": m, "class_name": c, "value": v}
-        for m in ("recall", "precision", "f1")
-        for c, v in (("a", 0.9), ("b", 0.5), ("c", 0.3))
-    ]
-    table = pd.DataFrame(per_class)
-    metrics = collect_metrics(data[0], {"arms": ["real", "synthetic_x1"]}, SCENARIOS, real=table, synthetic_x1=table)
-    minority = metrics[(metrics["class_name"] == "minority") & (metrics["metric"] == "recall")]
-    assert minority["value"].tolist() == pytest.approx([0.4, 0.4])
-    only_c = collect_metrics(data[0], {"arms": ["real"], "augment_classes": ["c"]}, SCENARIOS, real=table)
-    assert only_c.query("class_name == 'minority' and metric == 'recall'")["value"].tolist() == pytest.approx([0.3])
-
-
 def test_the_whole_evaluation_runs_through_kedro_with_a_synthetic_arm(data, synthetic, tmp_path) -> None:
     manifest, images = data
     labeled, synthetic_images = synthetic
@@ -204,9 +172,10 @@ def test_the_whole_evaluation_runs_through_kedro_with_a_synthetic_arm(data, synt
             "params:study": MemoryDataset(STUDY),
             "params:scenarios": MemoryDataset(SCENARIOS),
             **{f"params:scenarios.{name}": MemoryDataset(spec) for name, spec in SCENARIOS.items()},
+            "run_provenance": MemoryDataset({"date": "2026-12-01", "commit": "abc1234"}),
             **{
                 name: CSVDataset(filepath=str(tmp_path / f"{name}.csv"))
-                for name in ("scenario_statistics", "generative_quality")
+                for name in ("scenario_estimates", "primary_contrasts", "generative_quality", "shortcut_probe")
             },
         }
     )
@@ -215,8 +184,16 @@ def test_the_whole_evaluation_runs_through_kedro_with_a_synthetic_arm(data, synt
         node.name for node in pipeline.nodes
     }
     outputs = SequentialRunner().run(pipeline, catalog)
-    statistics = catalog.load("scenario_statistics")
-    assert set(statistics["scenario"]) == set(arms) and (statistics["replicates"] == 2).all()
+    estimates = catalog.load("scenario_estimates")
+    assert set(estimates["scenario"]) == set(arms) and (estimates["units"] == 3).all()
+    assert {"f1", "balanced_accuracy", "auc", "minority_recall", "recall.a", "recall.c"} <= set(estimates["metric"])
+    primary = catalog.load("primary_contrasts")
+    assert primary[["treatment", "control"]].values.tolist() == [
+        ["synthetic_x1", "real"],
+        ["synthetic_x1", "traditional"],
+    ]
+    assert set(primary["verdict"]) <= {"better", "worse", "no difference shown", "no verdict"}
+    assert (primary["p_holm"] >= primary["p_value"]).all()
     quality = catalog.load("generative_quality")
     assert quality[["class_name", "set"]].values.tolist() == [
         ["b", "synthetic"],
@@ -227,10 +204,11 @@ def test_the_whole_evaluation_runs_through_kedro_with_a_synthetic_arm(data, synt
     assert (
         (quality["reference"] == "val").all() and quality["kid"].notna().all() and (quality["n_reference"] == 4).all()
     )
+    probe = catalog.load("shortcut_probe")
+    assert probe["class_name"].tolist() == ["b", "c"] and probe["auc"].between(0, 1).all()
     report = outputs["report"].load()
-    assert (
-        "<h1>Tiny study</h1>" in report and report.count("data:image/png;base64,") == 2 + 3 + 1
-    )  # curves, bars, 3 confusions, samples
-    real_f1 = statistics.query("scenario == 'real' and metric == 'f1' and class_name == 'macro'")["mean"].iloc[0]
-    assert re.search(rf"<td>real</td><td>27</td><td>{real_f1:.3f} ", report)
-    assert "k=2" in report and "95% intervals" in report
+    assert "<h1>Tiny study</h1>" in report and "commit: abc1234" in report
+    assert report.count("data:image/png;base64,") == 3 + 3 + 1  # primary metric, bars, curves; 3 confusions; samples
+    real_f1 = estimates.query("scenario == 'real' and metric == 'f1'")["mean"].iloc[0]
+    assert re.search(rf"<td>real</td><td>27</td><td>[0-9.]+</td><td>{real_f1:.3f} ", report)
+    assert "k=2" in report and "95% interval" in report and "synthetic_x1 vs real" not in report

@@ -105,11 +105,13 @@ def test_classifier_penultimate_extractor_is_trained_and_rebuilt_from_its_record
     [
         ({"extractor": {"name": "inception_v3"}}, r"feature_clustering.extractor.name must be one of"),
         ({"extractor": {"image_size": 16}}, r"feature_clustering.extractor.image_size must be at least 32"),
-        ({"extractor": {"name": "classifier_penultimate", "classifier_overrides": {"epochs": 3}}},
-         r"Unknown parameter\(s\) feature_clustering.extractor.classifier_overrides.epochs"),
+        (
+            {"extractor": {"name": "classifier_penultimate", "classifier_overrides": {"epochs": 3}}},
+            r"Unknown parameter\(s\) feature_clustering.extractor.classifier_overrides.epochs",
+        ),
         ({"clustering": {"cohesion_threshold": 1.5}}, r"feature_clustering.clustering.cohesion_threshold must be in"),
     ],
-)  # fmt: skip
+)
 def test_bad_parameters_are_named(real, changes: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         embed_real_images(*real, with_settings(**changes), CLASSIFIER, IMAGE, seed=0)
@@ -122,13 +124,20 @@ def test_stale_embeddings_are_refused(real, embedded) -> None:
 
 def run_pipeline(tmp_path: Path, manifest: pd.DataFrame, images: dict, seed: int) -> dict:
     """The pipeline through Kedro's SequentialRunner; tables round-trip through parquet as in the catalog."""
-    catalog = DataCatalog({
-        "manifest": MemoryDataset(manifest), "real_images": MemoryDataset(images, copy_mode="assign"),
-        "params:feature_clustering": MemoryDataset(SETTINGS), "params:classifier": MemoryDataset(CLASSIFIER),
-        "params:image": MemoryDataset(IMAGE), "params:seed": MemoryDataset(seed),
-        "embeddings": ParquetDataset(filepath=str(tmp_path / "embeddings.parquet")),
-        "clusters": OptionalDataset({"type": "pandas.ParquetDataset", "filepath": str(tmp_path / "clusters.parquet")}),
-    })  # fmt: skip
+    catalog = DataCatalog(
+        {
+            "manifest": MemoryDataset(manifest),
+            "real_images": MemoryDataset(images, copy_mode="assign"),
+            "params:feature_clustering": MemoryDataset(SETTINGS),
+            "params:classifier": MemoryDataset(CLASSIFIER),
+            "params:image": MemoryDataset(IMAGE),
+            "params:seed": MemoryDataset(seed),
+            "embeddings": ParquetDataset(filepath=str(tmp_path / "embeddings.parquet")),
+            "clusters": OptionalDataset(
+                {"type": "pandas.ParquetDataset", "filepath": str(tmp_path / "clusters.parquet")}
+            ),
+        }
+    )
     assert catalog.load("clusters") is None  # what generation sees before this pipeline has run
     outputs = SequentialRunner().run(create_pipeline(), catalog)
     assert set(outputs) == {"feature_extractor", "cluster_summary", "feature_clustering_metrics", "cluster_maps"}

@@ -91,9 +91,15 @@ def world() -> dict:
 def nearest_real(world: dict, settings: dict, embeddings: pd.DataFrame | None = None, pool: tuple | None = None):
     synthetic_manifest, arrays = pool or (world["synthetic_manifest"], world["arrays"])
     return find_nearest_real(
-        synthetic_manifest, arrays, world["manifest"], world["images"],
-        world["embeddings"] if embeddings is None else embeddings, world["extractor"], settings, IMAGE,
-    )  # fmt: skip
+        synthetic_manifest,
+        arrays,
+        world["manifest"],
+        world["images"],
+        world["embeddings"] if embeddings is None else embeddings,
+        world["extractor"],
+        settings,
+        IMAGE,
+    )
 
 
 @pytest.fixture(scope="module")

@@ -32,9 +32,14 @@ def tiny_features(seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
             for index in range(n):
                 image_id = f"{split}_{class_name}_{index:03d}"
                 rows.append(
-                    {"image_id": image_id, "label": label, "class_name": class_name, "split": split,
-                     "image_key": f"{split}/{class_name}/{image_id}"}
-                )  # fmt: skip
+                    {
+                        "image_id": image_id,
+                        "label": label,
+                        "class_name": class_name,
+                        "split": split,
+                        "image_key": f"{split}/{class_name}/{image_id}",
+                    }
+                )
                 blob = index % 4  # four sub-groups per class
                 vectors.append(np.abs(rng.normal(0, 0.2, 16)) + 3 * np.eye(16)[(label * 4 + blob) % 16])
     manifest = pd.DataFrame(rows)

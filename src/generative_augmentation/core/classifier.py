@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -26,7 +26,7 @@ from torch import nn
 
 from generative_augmentation.core.config import Config
 from generative_augmentation.core.images import AugmentationConfig, ImageSpec, match_channels, to_unit_tensor
-from generative_augmentation.core.runtime import derive_seed, pick_device, seeded
+from generative_augmentation.core.runtime import derive_seed, numpy_rng, pick_device, seeded
 from generative_augmentation.core.training import batch_indices, run_steps
 
 logger = logging.getLogger(__name__)
@@ -86,15 +86,23 @@ class ImageClassifier(nn.Module):
 def _small_cnn(in_channels: int, width: int) -> tuple[nn.Module, int]:
     def block(cin: int, cout: int) -> nn.Sequential:
         return nn.Sequential(
-            nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
-            nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+            nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(cout, cout, 3, padding=1, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(inplace=True),
             nn.MaxPool2d(2),
-        )  # fmt: skip
+        )
 
     backbone = nn.Sequential(
-        block(in_channels, width), block(width, 2 * width), block(2 * width, 4 * width),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.3),
-    )  # fmt: skip
+        block(in_channels, width),
+        block(width, 2 * width),
+        block(2 * width, 4 * width),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Dropout(0.3),
+    )
     return backbone, 4 * width
 
 
@@ -207,6 +215,22 @@ def class_weight_vector(labels: np.ndarray, num_classes: int) -> torch.Tensor:
     return torch.tensor(weights, dtype=torch.float32)
 
 
+def mixed_batches(synthetic: np.ndarray, probability: float, batch_size: int, seed: int) -> Callable[[int], np.ndarray]:
+    """A batch sampler that fills each slot with a synthetic image with ``probability`` (DA-Fusion's mixing) and
+    with a real one otherwise; both kinds cycle through seeded epochs of their own."""
+    synthetic_rows, real_rows = np.flatnonzero(synthetic), np.flatnonzero(~synthetic)
+    if not len(synthetic_rows) or not len(real_rows):
+        raise ValueError("Mixing synthetic images per batch needs both real and synthetic training images")
+
+    def sample(step: int) -> np.ndarray:
+        from_synthetic = numpy_rng(derive_seed(seed, "mix", step)).random(batch_size) < probability
+        real = real_rows[batch_indices(derive_seed(seed, "real"), step, batch_size, len(real_rows))]
+        fake = synthetic_rows[batch_indices(derive_seed(seed, "synthetic"), step, batch_size, len(synthetic_rows))]
+        return np.where(from_synthetic, fake, real)
+
+    return sample
+
+
 def train_classifier(
     train: tuple[np.ndarray, np.ndarray],
     val: tuple[np.ndarray, np.ndarray],
@@ -216,11 +240,13 @@ def train_classifier(
     augmentation: AugmentationConfig | None = None,
     progress: bool = True,
     description: str = "classifier",
+    batches: Callable[[int], np.ndarray] | None = None,
 ) -> tuple[ImageClassifier, TrainingResult]:
     """Train ``config.steps`` AdamW steps (cosine decay) on ``train``; keep the best weights on ``val``.
 
     Every random choice (initialisation, batches, dropout, augmentation) comes from ``seed``. With ``augmentation``
-    every training image is transformed on the fly (ordinary flips, rotations, jitter, crops).
+    every training image is transformed on the fly (ordinary flips, rotations, jitter, crops). ``batches(step)``
+    gives the rows of a step's batch (default: seeded epochs over the whole training set).
     """
     train_images, train_labels = train
     if len(train_labels) == 0 or len(val[1]) == 0:
@@ -243,7 +269,8 @@ def train_classifier(
 
     def train_step(step: int) -> float:
         model.train()
-        indices = torch.from_numpy(batch_indices(seed, step, batch_size, len(labels)))
+        rows = batches(step) if batches is not None else batch_indices(seed, step, batch_size, len(labels))
+        indices = torch.from_numpy(rows)
         batch = images[indices]
         with seeded(derive_seed(seed, "step", step)):  # dropout and augmentation draws
             if transform is not None:
@@ -270,9 +297,15 @@ def train_classifier(
 
     started = time.perf_counter()
     run_steps(
-        train_step, start=0, total=config.steps, losses=result.losses, description=description,
-        every=config.eval_every, on_every=evaluate, progress=progress,
-    )  # fmt: skip
+        train_step,
+        start=0,
+        total=config.steps,
+        losses=result.losses,
+        description=description,
+        every=config.eval_every,
+        on_every=evaluate,
+        progress=progress,
+    )
     model.load_state_dict(result.state_dict)
     result.seconds = time.perf_counter() - started
     logger.info(

@@ -29,8 +29,15 @@ logger = logging.getLogger(__name__)
 DEFAULT_K_RANGE = (2, 6)
 KMEANS_N_INIT = 10
 CLUSTERS_COLUMNS = [
-    "image_id", "class_name", "label", "cluster", "is_representative", "cohesion", "flagged", "distance_to_centroid",
-]  # fmt: skip
+    "image_id",
+    "class_name",
+    "label",
+    "cluster",
+    "is_representative",
+    "cohesion",
+    "flagged",
+    "distance_to_centroid",
+]
 
 
 @dataclass(frozen=True)
@@ -169,19 +176,35 @@ def cluster_classes(
         result = cluster_class(vectors[rows], config, derive_seed(seed, "feature_clustering", "kmeans", class_name))
         is_representative = np.zeros(len(rows), dtype=bool)
         is_representative[result.representative_indices] = True
-        frames.append(pd.DataFrame({
-            "image_id": train["image_id"].to_numpy()[rows], "class_name": class_name, "label": int(label),
-            "cluster": result.assignments.astype(int), "is_representative": is_representative,
-            "cohesion": result.cohesion[result.assignments].astype(float),
-            "flagged": result.flagged[result.assignments].astype(bool), "distance_to_centroid": result.distances,
-        }))  # fmt: skip
-        summaries.append(pd.DataFrame({
-            "class_name": class_name, "label": int(label), "k": result.k,
-            "silhouette": result.silhouette_scores.get(result.k, np.nan), "cluster": np.arange(result.k),
-            "size": np.bincount(result.assignments, minlength=result.k),
-            "n_representatives": [len(members) for members in result.representatives],
-            "cohesion": result.cohesion, "flagged": result.flagged,
-        }))  # fmt: skip
+        frames.append(
+            pd.DataFrame(
+                {
+                    "image_id": train["image_id"].to_numpy()[rows],
+                    "class_name": class_name,
+                    "label": int(label),
+                    "cluster": result.assignments.astype(int),
+                    "is_representative": is_representative,
+                    "cohesion": result.cohesion[result.assignments].astype(float),
+                    "flagged": result.flagged[result.assignments].astype(bool),
+                    "distance_to_centroid": result.distances,
+                }
+            )
+        )
+        summaries.append(
+            pd.DataFrame(
+                {
+                    "class_name": class_name,
+                    "label": int(label),
+                    "k": result.k,
+                    "silhouette": result.silhouette_scores.get(result.k, np.nan),
+                    "cluster": np.arange(result.k),
+                    "size": np.bincount(result.assignments, minlength=result.k),
+                    "n_representatives": [len(members) for members in result.representatives],
+                    "cohesion": result.cohesion,
+                    "flagged": result.flagged,
+                }
+            )
+        )
         logger.info("Class %s: k=%d, %d flagged cluster(s)", class_name, result.k, int(result.flagged.sum()))
     return pd.concat(frames, ignore_index=True)[CLUSTERS_COLUMNS], pd.concat(summaries, ignore_index=True)
 

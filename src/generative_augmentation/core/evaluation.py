@@ -10,11 +10,14 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from joblib import Parallel, delayed
 
 from generative_augmentation.core.classifier import (
     ClassifierConfig,
+    TrainingResult,
     classifier_from_record,
     classifier_record,
+    mixed_batches,
     predict_proba,
     train_classifier,
 )
@@ -22,7 +25,7 @@ from generative_augmentation.core.config import Config
 from generative_augmentation.core.generative_metrics import QualityConfig
 from generative_augmentation.core.images import AugmentationConfig, ImageSpec, stack_images
 from generative_augmentation.core.metrics import classification_scores
-from generative_augmentation.core.runtime import derive_seed
+from generative_augmentation.core.runtime import available_cores, derive_seed, one_thread
 from generative_augmentation.core.scenarios import ORIGINS
 
 logger = logging.getLogger(__name__)
@@ -34,14 +37,16 @@ class EvaluationConfig(Config):
     the report's title and the generative-quality settings."""
 
     where = "evaluation"
-    replicates: int = 3
-    confidence: float = 0.95
+    replicates: int = 16
+    workers: int | None = None  # classifiers trained at once, one torch thread each (null: the cores available)
     report_title: str = "Synthetic augmentation study"
     quality: QualityConfig = field(default_factory=QualityConfig)
 
     def checks(self):
-        yield from self.at_least("replicates")
-        yield from self.within("confidence", 0.5, 1, open_high=True)
+        yield from self.at_least("replicates", "workers")
+
+    def worker_count(self) -> int:
+        return min(self.workers or available_cores(), self.replicates)
 
     def replicate_seeds(self, seed: int) -> dict[int, int]:
         """``{replicate: classifier seed}``, derived from the project seed, the same in every arm."""
@@ -80,14 +85,36 @@ def train_replicates(
     class_names: list[str],
     image: ImageSpec,
     scenario: str,
+    workers: int = 1,
+    synthetic: np.ndarray | None = None,
+    synthetic_probability: float | None = None,
 ) -> tuple[dict[str, Any], pd.DataFrame]:
-    """One classifier per replicate; returns their weights as one record (``replicate_<r>.`` prefixes) and the
-    validation history of every replicate."""
-    state, histories, selection = {}, [], {}
-    for replicate, seed in seeds.items():
-        _, result = train_classifier(
-            train, val, config, len(class_names), seed, augmentation, description=f"{scenario} replicate {replicate}"
+    """One classifier per replicate, ``workers`` at a time (each on one torch thread, so the weights do not
+    depend on how many run at once); returns their weights as one record (``replicate_<r>.`` prefixes) and the
+    validation history of every replicate.
+
+    With ``synthetic_probability``, batches mix synthetic rows (``synthetic``, a mask) in with that probability.
+    """
+    jobs = [
+        delayed(_train_one)(
+            train,
+            val,
+            config,
+            len(class_names),
+            seed,
+            augmentation,
+            f"{scenario} replicate {replicate}",
+            synthetic,
+            synthetic_probability,
         )
+        for replicate, seed in seeds.items()
+    ]
+    logger.info("Training %d classifiers for %s, %d at a time", len(jobs), scenario, workers)
+    results = (
+        Parallel(n_jobs=workers, backend="loky")(jobs) if workers > 1 else [job[0](*job[1], **job[2]) for job in jobs]
+    )
+    state, histories, selection = {}, [], {}
+    for (replicate, _), result in zip(seeds.items(), results, strict=True):
         state |= {f"replicate_{replicate}.{name}": tensor for name, tensor in result.state_dict.items()}
         histories.append(pd.DataFrame(result.history).assign(replicate=replicate))
         selection[str(replicate)] = {"best_step": result.best_step, "val_macro_f1": result.best_val_macro_f1}
@@ -95,6 +122,36 @@ def train_replicates(
         state, config, class_names, image, replicates=list(seeds), train_size=len(train[1]), selection=selection
     )
     return record, pd.concat(histories, ignore_index=True)
+
+
+def _train_one(
+    train: tuple[np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray],
+    config: ClassifierConfig,
+    num_classes: int,
+    seed: int,
+    augmentation: AugmentationConfig | None,
+    description: str,
+    synthetic: np.ndarray | None,
+    synthetic_probability: float | None,
+) -> TrainingResult:
+    batches = None
+    if synthetic_probability is not None:
+        batches = mixed_batches(synthetic, synthetic_probability, min(config.batch_size, len(train[1])), seed)
+    with one_thread():
+        _, result = train_classifier(
+            train,
+            val,
+            config,
+            num_classes,
+            seed,
+            augmentation,
+            progress=False,
+            description=description,
+            batches=batches,
+        )
+    logger.info("%s: best step %d, validation macro-F1 %.3f", description, result.best_step, result.best_val_macro_f1)
+    return result
 
 
 def score_replicates(
@@ -107,8 +164,10 @@ def score_replicates(
     rows, predictions = [], []
     for replicate in record["config"]["replicates"]:
         proba = predict_proba(classifier_from_record(record, f"replicate_{replicate}."), images)
-        rows += [{"replicate": replicate, **split_metric_name(name), "value": value}
-                 for name, value in classification_scores(labels, proba, names).items()]  # fmt: skip
+        rows += [
+            {"replicate": replicate, **split_metric_name(name), "value": value}
+            for name, value in classification_scores(labels, proba, names).items()
+        ]
         frame = pd.DataFrame(
             {"image_id": test_ids, "replicate": replicate, "label": labels, "predicted": proba.argmax(1)}
         )

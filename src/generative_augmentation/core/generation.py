@@ -36,9 +36,18 @@ logger = logging.getLogger(__name__)
 NO_CLUSTER = -1
 TRAINING_SET_COLUMNS = ["image_id", "image_key", "label", "class_name", "cluster", "cluster_index"]
 POOL_COLUMNS = [
-    "image_id", "image_key", "intended_class", "label", "generator", "seed", "cluster", "cluster_index",
-    "source_image_id", "source_image_key", *SAMPLING_COLUMNS,
-]  # fmt: skip
+    "image_id",
+    "image_key",
+    "intended_class",
+    "label",
+    "generator",
+    "seed",
+    "cluster",
+    "cluster_index",
+    "source_image_id",
+    "source_image_key",
+    *SAMPLING_COLUMNS,
+]
 
 
 @dataclass(frozen=True)

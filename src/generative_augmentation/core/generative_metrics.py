@@ -87,8 +87,15 @@ def quality_table(
 def quality_row(reference: np.ndarray, other: np.ndarray, config: QualityConfig, seed: int) -> dict[str, float]:
     """One row of :func:`quality_table`: KID (mean, std), FID or NaN, precision, recall."""
     smallest = min(len(reference), len(other))
-    row = {"n_images": len(other), "n_reference": len(reference), "kid": np.nan, "kid_std": np.nan, "fid": np.nan,
-           "precision": np.nan, "recall": np.nan}  # fmt: skip
+    row = {
+        "n_images": len(other),
+        "n_reference": len(reference),
+        "kid": np.nan,
+        "kid_std": np.nan,
+        "fid": np.nan,
+        "precision": np.nan,
+        "recall": np.nan,
+    }
     if smallest >= 2:
         subset = min(smallest, config.kid_subset_size)
         row["kid"], row["kid_std"] = kid(reference, other, subset_size=subset, subsets=config.kid_subsets, seed=seed)

@@ -118,11 +118,15 @@ def predict_labels(
     proba = predict_proba(classifier_from_record(labeler), synthetic_arrays)
     predicted = proba.argmax(axis=1)
     names = np.asarray(labeler["config"]["class_names"])
-    return pd.DataFrame({
-        "image_id": synthetic_manifest["image_id"].to_numpy(), "predicted_label": predicted.astype(int),
-        "predicted_class": names[predicted], "confidence": proba.max(axis=1).astype(float),
-        "agrees": predicted == synthetic_manifest["label"].to_numpy(),
-    })  # fmt: skip
+    return pd.DataFrame(
+        {
+            "image_id": synthetic_manifest["image_id"].to_numpy(),
+            "predicted_label": predicted.astype(int),
+            "predicted_class": names[predicted],
+            "confidence": proba.max(axis=1).astype(float),
+            "agrees": predicted == synthetic_manifest["label"].to_numpy(),
+        }
+    )
 
 
 def guard(
@@ -162,9 +166,11 @@ def guard(
             by_pixels = columns[f"nearest_{split}_pixel_distance"] < config.pixel_threshold
         columns[flag] = by_features | by_pixels
         report |= {
-            f"{split}_threshold": threshold, f"{split}_threshold_source": source,
-            f"n_{flag}": int(columns[flag].sum()), f"n_{flag}_by_pixels_only": int((by_pixels & ~by_features).sum()),
-        }  # fmt: skip
+            f"{split}_threshold": threshold,
+            f"{split}_threshold_source": source,
+            f"n_{flag}": int(columns[flag].sum()),
+            f"n_{flag}_by_pixels_only": int((by_pixels & ~by_features).sum()),
+        }
     table = pd.DataFrame(columns)
     report["pixel_threshold"] = config.pixel_threshold
     report["copies_val"] = (

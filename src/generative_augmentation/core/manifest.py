@@ -17,9 +17,19 @@ from generative_augmentation.core.images import ImageSpec, stack_images
 
 SPLITS = ("train", "val", "test")
 MANIFEST_COLUMNS = [
-    "image_id", "patient_id", "label", "class_code", "class_name", "split",
-    "image_key", "source", "eye", "content_hash", "original_height", "original_width",
-]  # fmt: skip
+    "image_id",
+    "patient_id",
+    "label",
+    "class_code",
+    "class_name",
+    "split",
+    "image_key",
+    "source",
+    "eye",
+    "content_hash",
+    "original_height",
+    "original_width",
+]
 
 
 def class_names(manifest: pd.DataFrame) -> list[str]:

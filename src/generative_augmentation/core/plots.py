@@ -61,8 +61,14 @@ def image_grid(images_by_row: Mapping[str, np.ndarray], title: str, max_per_row:
     width, height, label_width = 1.3 * max_per_row + 1.6, 1.4 * n_rows + 0.6, 1.6
     fig = Figure(figsize=(width, height))
     # A fixed grid with room for the row labels: constrained layout costs seconds on grids of many images.
-    gridspec = {"left": label_width / width, "right": 0.99, "bottom": 0.02, "top": 1 - 0.55 / height,
-                "wspace": 0.05, "hspace": 0.1}  # fmt: skip
+    gridspec = {
+        "left": label_width / width,
+        "right": 0.99,
+        "bottom": 0.02,
+        "top": 1 - 0.55 / height,
+        "wspace": 0.05,
+        "hspace": 0.1,
+    }
     axes = fig.subplots(n_rows, max_per_row, squeeze=False, gridspec_kw=gridspec)
     for row_axes, (row_label, images) in zip(axes, images_by_row.items(), strict=True):
         shown = np.asarray(images)[:max_per_row]
@@ -135,7 +141,7 @@ def bar_groups(
             yerr = np.vstack([yerr, upper_errors[column].to_numpy(dtype=float)])
         ax.bar(offsets, values[column].to_numpy(dtype=float), width, yerr=yerr, capsize=2, label=str(column))
     ax.set_xticks(positions)
-    ax.set_xticklabels([str(name) for name in values.index], rotation=30 if n_groups > 6 else 0)
+    ax.set_xticklabels([str(name) for name in values.index], rotation=30 if n_groups > 6 else 0, fontsize="medium")
     ax.set(title=title, ylabel=ylabel, xlabel=xlabel)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize="small")
@@ -185,40 +191,63 @@ def _draw_image(ax: Axes, image: np.ndarray) -> None:
         ax.imshow(image)
 
 
-def ratio_curves(summary: pd.DataFrame, confidence: float) -> Figure:
+def ratio_curves(estimates: pd.DataFrame, level: float) -> Figure:
     """Macro-F1 and minority-class recall against the added-image ratio, one line per kind that has ratios
     (synthetic, reduced_synthetic), with the real-only arm at ratio 0."""
-    real = summary[summary["scenario"] == "real"]
-    panels = (("f1", "macro", "macro-F1"), ("recall", "minority", "minority-class recall"))
+    panels = (("f1", "macro-F1"), ("minority_recall", "minority-class recall"))
     figure = Figure(figsize=(11, 4.2), layout="constrained")
-    for index, (metric, class_name, label) in enumerate(panels):
+    for index, (metric, label) in enumerate(panels):
         axis = figure.add_subplot(1, len(panels), index + 1)
-        rows = summary[(summary["metric"] == metric) & (summary["class_name"] == class_name)]
-        base = real[(real["metric"] == metric) & (real["class_name"] == class_name)]
+        rows = estimates[estimates["metric"] == metric]
+        base = rows[rows["scenario"] == "real"]
         for kind, added in rows[rows["ratio"] > 0].groupby("kind"):
             series = pd.concat([base, added.sort_values("ratio")])
             axis.plot(series["ratio"], series["mean"], marker="o", label=kind)
             axis.fill_between(series["ratio"], series["low"], series["high"], alpha=0.2)
         axis.set(
-            xlabel="added images per real image of the class (ratio; 0 = real only)", ylabel=f"test {label}",
-            title=f"{label} vs ratio (mean, {confidence:.0%} interval)",
-        )  # fmt: skip
+            xlabel="added images per real image of the class (ratio; 0 = real only)",
+            ylabel=f"test {label}",
+            title=f"{label} vs ratio (mean, {level:.0%} interval)",
+        )
         axis.grid(alpha=0.3)
         if axis.get_legend_handles_labels()[0]:
             axis.legend(fontsize="small")
     return figure
 
 
-def recall_bars(summary: pd.DataFrame, class_names: Sequence[str], confidence: float) -> Figure:
-    """Per-class test recall of every scenario (mean and interval, clipped to [0, 1])."""
-    rows = summary[(summary["metric"] == "recall") & summary["class_name"].isin(class_names)]
-    values = rows.pivot(index="class_name", columns="scenario", values="mean").reindex(list(class_names))
-    low = rows.pivot(index="class_name", columns="scenario", values="low").reindex(list(class_names))
-    high = rows.pivot(index="class_name", columns="scenario", values="high").reindex(list(class_names))
-    return bar_groups(
-        values, title=f"Per-class test recall by scenario (mean, {confidence:.0%} interval)", ylabel="recall",
-        errors=(values - low.clip(lower=0)).fillna(0), upper_errors=(high.clip(upper=1) - values).fillna(0),
-    )  # fmt: skip
+def recall_bars(estimates: pd.DataFrame, class_names: Sequence[str], level: float) -> Figure:
+    """Per-class test recall of every arm (mean and interval, clipped to [0, 1])."""
+    rows = estimates[estimates["metric"].isin([f"recall.{name}" for name in class_names])]
+    rows = rows.assign(class_name=rows["metric"].str.removeprefix("recall."))
+    order = list(class_names)
+    values = rows.pivot(index="class_name", columns="scenario", values="mean").reindex(order)
+    low = rows.pivot(index="class_name", columns="scenario", values="low").reindex(order)
+    high = rows.pivot(index="class_name", columns="scenario", values="high").reindex(order)
+    figure = bar_groups(
+        values,
+        title=f"Per-class test recall by arm (mean, {level:.0%} interval)",
+        ylabel="recall",
+        errors=(values - low.clip(lower=0)).fillna(0),
+        upper_errors=(high.clip(upper=1) - values).fillna(0),
+    )
+    figure.axes[0].set_ylim(0, 1.02)
+    return figure
+
+
+def metric_by_scenario(scenario_metrics: pd.DataFrame, metric: str) -> Figure:
+    """One box per arm of a macro metric over its classifiers (each replicate a dot)."""
+    rows = scenario_metrics[(scenario_metrics["metric"] == metric) & (scenario_metrics["class_name"] == "macro")]
+    order = list(dict.fromkeys(rows["scenario"]))
+    values = [rows.loc[rows["scenario"] == name, "value"].to_numpy() for name in order]
+    figure = Figure(figsize=(max(5.0, 1.2 * len(order) + 1.5), 4.2), layout="constrained")
+    axis = figure.add_subplot()
+    axis.boxplot(values, tick_labels=order, showmeans=True)
+    for position, points in enumerate(values, start=1):
+        axis.scatter(np.full(len(points), position) + np.linspace(-0.12, 0.12, len(points)), points, s=10, alpha=0.5)
+    axis.set(ylabel=f"test {metric} (macro)", title=f"Test {metric} of every classifier, by arm")
+    axis.tick_params(axis="x", labelrotation=20, labelsize="medium")
+    axis.grid(axis="y", alpha=0.3)
+    return figure
 
 
 def real_beside_synthetic(

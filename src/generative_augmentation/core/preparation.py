@@ -51,9 +51,10 @@ class DatasetConfig(Config):
         yield (
             "class_names",
             not bad,
-            "; ".join(f"maps {code!r} to {name!r}, which cannot be a folder name: it {problem}"
-                      for code, name, problem in bad),
-        )  # fmt: skip
+            "; ".join(
+                f"maps {code!r} to {name!r}, which cannot be a folder name: it {problem}" for code, name, problem in bad
+            ),
+        )
 
 
 @dataclass(frozen=True)
@@ -132,11 +133,25 @@ def decode_all(
             arrays[row.source_id] = to_array(decoded, image)
         except (OSError, ValueError, SyntaxError) as error:
             logger.warning("Skipping image %s (%s): it does not decode: %s", row.source_id, row.source, error)
-            skipped.append({"image_id": row.source_id, "source": row.source, "class_name": row.class_name,
-                            "split": row.official_split, "reason": "undecodable", "detail": str(error)})  # fmt: skip
+            skipped.append(
+                {
+                    "image_id": row.source_id,
+                    "source": row.source,
+                    "class_name": row.class_name,
+                    "split": row.official_split,
+                    "reason": "undecodable",
+                    "detail": str(error),
+                }
+            )
             continue
-        kept.append({**row._asdict(), "content_hash": content_hash(original),
-                     "original_height": original.shape[0], "original_width": original.shape[1]})  # fmt: skip
+        kept.append(
+            {
+                **row._asdict(),
+                "content_hash": content_hash(original),
+                "original_height": original.shape[0],
+                "original_width": original.shape[1],
+            }
+        )
     decoded_records = pd.DataFrame(kept).rename(columns={"source_id": "image_id"})
     wanted = records.drop_duplicates("class_code").set_index("class_code")["class_name"]
     present = set(decoded_records["class_code"]) if len(decoded_records) else set()
@@ -171,8 +186,11 @@ def assign_splits(records: pd.DataFrame, split: SplitConfig, seed: int) -> pd.Da
     groups = linked_groups(manifest["patient_id"].to_numpy(), manifest["content_hash"].to_numpy())
     joined = len(set(groups)) < manifest["patient_id"].nunique()
     if joined:
-        logger.info("Identical images link %d patients into fewer split groups (%d): each group stays in one split",
-                    manifest["patient_id"].nunique(), len(set(groups)))  # fmt: skip
+        logger.info(
+            "Identical images link %d patients into fewer split groups (%d): each group stays in one split",
+            manifest["patient_id"].nunique(),
+            len(set(groups)),
+        )
     official = manifest["official_split"]
     labels = manifest["label"].to_numpy()
     if split.use_official and official.notna().all():
@@ -216,9 +234,13 @@ def _carve_val(manifest: pd.DataFrame, labels: np.ndarray, groups: np.ndarray, s
     logger.info(
         "The official split has no val images: moved %d of %d train images (%d of %d patients) to val "
         "(split.val_from_train=%g, grouped by patient, stratified by class, seed %d)",
-        val.sum(), train.sum(), manifest.loc[val, "patient_id"].nunique(), patients.nunique(),
-        split.val_from_train, seed,
-    )  # fmt: skip
+        val.sum(),
+        train.sum(),
+        manifest.loc[val, "patient_id"].nunique(),
+        patients.nunique(),
+        split.val_from_train,
+        seed,
+    )
     return (
         f"the dataset's official split has no val images and carving split.val_from_train={split.val_from_train:g} "
         f"of its {train.sum()} train images ({patients.nunique()} patients) gave none; raise split.val_from_train"
@@ -252,8 +274,12 @@ def audit(
         summary[column] = summary["class_name"].map(counts).fillna(0).astype(int)
         summary.loc[summary["class_name"] == "total", column] = len(table)
     patients = manifest.groupby("split")["patient_id"].nunique()
-    logger.info("Leakage audit passed: patients per split %s; %d undecodable skipped; %d cross-split duplicates "
-                "dropped", patients.to_dict(), len(skipped), len(dropped))  # fmt: skip
+    logger.info(
+        "Leakage audit passed: patients per split %s; %d undecodable skipped; %d cross-split duplicates dropped",
+        patients.to_dict(),
+        len(skipped),
+        len(dropped),
+    )
     left_out = [table[SKIPPED_COLUMNS] for table in (skipped, dropped) if len(table)]
     left_out = pd.concat(left_out, ignore_index=True) if left_out else pd.DataFrame(columns=SKIPPED_COLUMNS)
     return manifest, summary, left_out
@@ -311,8 +337,10 @@ def _drop_cross_split_copies(manifest: pd.DataFrame, split: SplitConfig) -> tupl
     logger.warning(
         "Dropped %d cross-split duplicate(s) (%s: drop_train_copies), copies of images kept in a more held-out "
         "split: %s by split; listed in skipped_images (reason cross_split_duplicate)",
-        len(dropped), split.parameter("cross_split_duplicates"), per_split,
-    )  # fmt: skip
+        len(dropped),
+        split.parameter("cross_split_duplicates"),
+        per_split,
+    )
     return manifest[~drop].reset_index(drop=True), dropped.reset_index(drop=True)
 
 

@@ -110,9 +110,14 @@ def tsne_map(features: np.ndarray, seed: int, config: TsneConfig) -> np.ndarray:
     if perplexity < config.perplexity:
         logger.info("perplexity %.3g clipped to %.3g for %d rows", config.perplexity, perplexity, len(features))
     tsne = TSNE(
-        n_components=2, perplexity=perplexity, n_iter=config.n_iter, metric="cosine", random_state=seed, n_jobs=1,
+        n_components=2,
+        perplexity=perplexity,
+        n_iter=config.n_iter,
+        metric="cosine",
+        random_state=seed,
+        n_jobs=1,
         verbose=False,
-    )  # fmt: skip
+    )
     return np.asarray(tsne.fit(features), dtype=np.float64)
 
 

@@ -52,6 +52,18 @@ def seeded(seed: int) -> Iterator[None]:
         yield
 
 
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Run a block on one torch thread (the thread count comes back after): results then do not depend on the
+    machine's cores, and parallel workers do not fight over them."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def pick_device(preferred: str | None = None) -> torch.device:
     """``preferred`` when given ("cpu", "cuda", "cuda:1"), else CUDA when present, else CPU."""
     if preferred and preferred != "auto":

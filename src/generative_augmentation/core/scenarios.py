@@ -40,6 +40,8 @@ ORIGINS = ("real", "synthetic", "duplicate")
 Kind = Literal["real", "traditional", "synthetic", "balanced", "reduced_synthetic", "count_matched"]
 USES_SYNTHETIC = frozenset({"synthetic", "balanced", "reduced_synthetic"})
 USES_RATIO = frozenset({"synthetic", "reduced_synthetic"})
+BEST_SYNTHETIC = "best_synthetic"  # in a contrast: the synthetic arm with the best mean validation macro-F1
+CONTROL_OF_TREATMENT = "count_matched"  # in a contrast: the count-matched control of the treatment
 
 
 @dataclass(frozen=True)
@@ -52,8 +54,18 @@ class ScenarioConfig(Config):
     classes: list[str] | None = None
     augment: bool = False
     controls: str | None = None
+    # DA-Fusion's mixing: each batch slot is a synthetic image with this probability; null: the synthetic images
+    # are simply part of the training set (concatenation).
+    synthetic_probability: float | None = None
 
     def checks(self):
+        yield from self.within("synthetic_probability", 0, 1, open_low=True, open_high=True)
+        if self.synthetic_probability is not None:
+            yield (
+                "synthetic_probability",
+                self.uses_synthetic,
+                f"applies to arms that draw synthetic images, not {self.kind!r}",
+            )
         yield from self.at_least("ratio", minimum=0)
         if self.kind in USES_RATIO:
             yield "ratio", self.ratio > 0, f"must be positive for kind {self.kind!r}, got {self.ratio}"
@@ -78,12 +90,49 @@ class ScenarioConfig(Config):
 
 
 @dataclass(frozen=True)
+class StatisticsConfig(Config):
+    """The pre-registered analysis: the primary metric, the primary contrasts ``[treatment, control]``, the
+    family-wise error rate, the bootstrap, and the fewest replicates an interval needs.
+
+    In a contrast, ``best_synthetic`` is the arm drawing synthetic images with the best mean validation macro-F1
+    (chosen on validation images, never test), ``count_matched`` the count-matched control of that treatment, and
+    any other name an arm of ``study.arms``.
+    """
+
+    where = "study.statistics"
+    primary_metric: Literal["f1", "balanced_accuracy", "accuracy", "precision", "minority_recall"] = "f1"
+    contrasts: list[list[str]] = field(
+        default_factory=lambda: [
+            [BEST_SYNTHETIC, "real"],
+            [BEST_SYNTHETIC, CONTROL_OF_TREATMENT],
+            [BEST_SYNTHETIC, "traditional"],
+        ]
+    )
+    alpha: float = 0.05
+    power: float = 0.8
+    resamples: int = 2000
+    minimum_replicates: int = 3
+
+    def checks(self):
+        yield "contrasts", bool(self.contrasts), "is empty: pre-register at least one [treatment, control] pair"
+        pairs = all(len(pair) == 2 and pair[0] != pair[1] for pair in self.contrasts)
+        yield "contrasts", pairs, f"must list [treatment, control] pairs of two different arms, got {self.contrasts}"
+        yield from self.within("alpha", 0, 0.5, open_low=True)
+        yield from self.within("power", 0, 1, open_low=True, open_high=True)
+        yield from self.at_least("resamples", minimum=100)
+        yield from self.at_least("minimum_replicates", minimum=2)
+
+
+@dataclass(frozen=True)
 class StudyConfig(Config):
-    """The study: the arms it runs (names of ``scenarios`` entries) and the classes that get extra images."""
+    """The study: the arms it runs (names of ``scenarios`` entries), the classes that get extra images, the classes
+    whose recall is reported as minority recall (null: the augmented ones), and the pre-registered analysis."""
 
     where = "study"
     arms: list[str] = field(default_factory=lambda: ["real", "traditional", "synthetic_x1", "count_matched_x1"])
     augment_classes: list[str] | None = None
+    minority_classes: list[str] | None = None
+    statistics: StatisticsConfig = field(default_factory=StatisticsConfig)
 
     def checks(self):
         yield "arms", bool(self.arms), "is empty: name at least one scenario"
@@ -111,7 +160,31 @@ def study_scenarios(study: Mapping[str, Any] | None, scenarios: Mapping[str, Any
                     f"Parameter scenarios.{name}.controls must name a synthetic arm of study.arms, "
                     f"got {spec.controls!r}"
                 )
+    _check_contrasts(config.statistics, arms)
     return arms
+
+
+def _check_contrasts(statistics: StatisticsConfig, arms: Mapping[str, ScenarioConfig]) -> None:
+    """Every role a pre-registered contrast names must be resolvable whichever synthetic arm validation picks."""
+    synthetic = [name for name, spec in arms.items() if spec.uses_synthetic]
+    controlled = {spec.controls for spec in arms.values() if spec.kind == "count_matched"}
+    where = statistics.parameter("contrasts")
+    for treatment, control in statistics.contrasts:
+        for role in (treatment, control):
+            if role == BEST_SYNTHETIC and not synthetic:
+                raise ConfigError(
+                    f"Parameter {where} names {BEST_SYNTHETIC} but no arm of study.arms draws synthetic images"
+                )
+            if role == CONTROL_OF_TREATMENT:
+                candidates = synthetic if treatment == BEST_SYNTHETIC else [treatment]
+                missing = [name for name in candidates if name not in controlled]
+                if missing:
+                    raise ConfigError(
+                        f"Parameter {where} compares {treatment} with its count_matched control, but study.arms has "
+                        f"no count_matched arm controlling {missing}: add one (kind count_matched, controls: <arm>)"
+                    )
+            if role not in (BEST_SYNTHETIC, CONTROL_OF_TREATMENT) and role not in arms:
+                raise ConfigError(f"Parameter {where} names {role!r}, which is not in study.arms {list(arms)}")
 
 
 def assemble(
@@ -182,10 +255,17 @@ def synthetic_rows(labeled_synthetic: pd.DataFrame, wanted: dict[str, int], seed
             )
         order = numpy_rng(derive_seed(seed, "synthetic_pool", class_name)).permutation(len(pool))[:count]
         chosen = pool.iloc[np.sort(order)]
-        parts.append(pd.DataFrame({
-            "image_id": chosen["image_id"].to_numpy(), "label": chosen["final_label"].astype(int).to_numpy(),
-            "class_name": class_name, "origin": "synthetic", "image_key": chosen["image_key"].to_numpy(),
-        }))  # fmt: skip
+        parts.append(
+            pd.DataFrame(
+                {
+                    "image_id": chosen["image_id"].to_numpy(),
+                    "label": chosen["final_label"].astype(int).to_numpy(),
+                    "class_name": class_name,
+                    "origin": "synthetic",
+                    "image_key": chosen["image_key"].to_numpy(),
+                }
+            )
+        )
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=TRAINING_COLUMNS)
 
 
@@ -214,10 +294,16 @@ def scenario_summary(arms: Mapping[str, ScenarioConfig], manifests: Mapping[str,
     rows = []
     for name, spec in arms.items():
         counts = manifests[name].groupby("origin").size()
-        rows.append({
-            "scenario": name, "kind": spec.kind, "ratio": spec.ratio, "augment": spec.augmented,
-            "train_size": int(counts.sum()), **{f"n_{origin}": int(counts.get(origin, 0)) for origin in ORIGINS},
-        })  # fmt: skip
+        rows.append(
+            {
+                "scenario": name,
+                "kind": spec.kind,
+                "ratio": spec.ratio,
+                "augment": spec.augmented,
+                "train_size": int(counts.sum()),
+                **{f"n_{origin}": int(counts.get(origin, 0)) for origin in ORIGINS},
+            }
+        )
     return pd.DataFrame(rows)
 
 

@@ -283,8 +283,10 @@ def _drop_repeated_rows(records: pd.DataFrame, csv_path: Path) -> pd.DataFrame:
         kept.append(f"{rows['filename'].iloc[0]!r} (rows {', '.join(map(str, rows.index))})")
     logger.warning(
         "%r lists %d image(s) more than once with the same label; kept the first row of each: %s",
-        str(csv_path), len(kept), "; ".join(kept),
-    )  # fmt: skip
+        str(csv_path),
+        len(kept),
+        "; ".join(kept),
+    )
     return records[~key.duplicated(keep="first")].reset_index(drop=True)
 
 

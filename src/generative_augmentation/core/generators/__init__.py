@@ -12,5 +12,11 @@ from generative_augmentation.core.generators.base import (
 )
 
 __all__ = [
-    "GENERATORS", "SAMPLING_COLUMNS", "Generator", "TrainingImages", "generator_class", "load_generator", "register",
-]  # fmt: skip
+    "GENERATORS",
+    "SAMPLING_COLUMNS",
+    "Generator",
+    "TrainingImages",
+    "generator_class",
+    "load_generator",
+    "register",
+]

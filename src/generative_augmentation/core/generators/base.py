@@ -124,10 +124,14 @@ class Generator(ABC):
     def fingerprint(self) -> str:
         """What identifies this fitted generator: its kind, settings, classes, seed and training record."""
         record = {
-            "kind": self.kind, "settings": self.settings.to_dict(), "image": self.image.to_dict(),
-            "class_names": self.class_names, "num_clusters": self.num_clusters, "seed": self.seed,
+            "kind": self.kind,
+            "settings": self.settings.to_dict(),
+            "image": self.image.to_dict(),
+            "class_names": self.class_names,
+            "num_clusters": self.num_clusters,
+            "seed": self.seed,
             "loss_history": self.training.get("loss_history", []),
-        }  # fmt: skip
+        }
         return hashlib.sha1(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16]
 
     def save(self, folder: str | Path) -> Path:
@@ -136,10 +140,14 @@ class Generator(ABC):
         folder.mkdir(parents=True, exist_ok=True)
         self._save_model(folder)
         record = {
-            "kind": self.kind, "settings": self.settings.to_dict(), "image": self.image.to_dict(),
-            "class_names": self.class_names, "num_clusters": self.num_clusters, "seed": self.seed,
+            "kind": self.kind,
+            "settings": self.settings.to_dict(),
+            "image": self.image.to_dict(),
+            "class_names": self.class_names,
+            "num_clusters": self.num_clusters,
+            "seed": self.seed,
             "training": self.training,
-        }  # fmt: skip
+        }
         (folder / RECORD_FILE).write_text(json.dumps(record, indent=2))
         logger.info("Saved the %s generator to %s", self.kind, folder)
         return folder

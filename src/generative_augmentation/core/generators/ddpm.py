@@ -253,9 +253,14 @@ class DDPMGenerator(Generator):
         sampling = settings.sampling
         steps = settings.num_train_timesteps if sampling.sampler == "ddpm" else sampling.steps
         return {
-            "mode": "class_conditional", "sampler": sampling.sampler, "steps": steps,
-            "guidance_scale": sampling.guidance_scale, "strength": float("nan"), "prompt": "", "negative_prompt": "",
-        }  # fmt: skip
+            "mode": "class_conditional",
+            "sampler": sampling.sampler,
+            "steps": steps,
+            "guidance_scale": sampling.guidance_scale,
+            "strength": float("nan"),
+            "prompt": "",
+            "negative_prompt": "",
+        }
 
     def build_unet(self) -> UNet2DModel:
         """The class-conditional UNet; self-attention only in the lowest-resolution block."""
@@ -317,9 +322,15 @@ class DDPMGenerator(Generator):
             checkpointer.save(completed, losses)
 
         steps_per_second = run_steps(
-            train_step, start=start, total=settings.train_steps, losses=losses, description="DDPM training",
-            every=settings.checkpoint_every if checkpoint_dir else 0, on_every=checkpoint, progress=progress,
-        )  # fmt: skip
+            train_step,
+            start=start,
+            total=settings.train_steps,
+            losses=losses,
+            description="DDPM training",
+            every=settings.checkpoint_every if checkpoint_dir else 0,
+            on_every=checkpoint,
+            progress=progress,
+        )
         unet = accelerator.unwrap_model(unet)
         ema.copy_to(unet.parameters())
         self.pipeline = ConditionalDDPMPipeline(unet.to("cpu").eval(), noise_scheduler, self.num_clusters)

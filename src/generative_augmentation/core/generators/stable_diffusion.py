@@ -220,11 +220,14 @@ class StableDiffusionLoraGenerator(Generator):
     @classmethod
     def sampling_record(cls, settings: StableDiffusionSettings, class_name: str) -> dict[str, Any]:
         return {
-            "mode": settings.mode, "sampler": settings.sampler, "steps": settings.steps,
+            "mode": settings.mode,
+            "sampler": settings.sampler,
+            "steps": settings.steps,
             "guidance_scale": settings.guidance_scale,
             "strength": settings.strength if settings.mode == "image_to_image" else float("nan"),
-            "prompt": settings.class_prompts([class_name])[class_name], "negative_prompt": settings.negative_prompt,
-        }  # fmt: skip
+            "prompt": settings.class_prompts([class_name])[class_name],
+            "negative_prompt": settings.negative_prompt,
+        }
 
     @classmethod
     def checkpoint_key(cls, settings: StableDiffusionSettings) -> str:
@@ -280,9 +283,15 @@ class StableDiffusionLoraGenerator(Generator):
 
         pipeline.unet.train()
         steps_per_second = run_steps(
-            train_step, start=start, total=lora.train_steps, losses=losses, description="LoRA training",
-            every=lora.checkpoint_every if checkpoint_dir else 0, on_every=checkpoint, progress=progress,
-        )  # fmt: skip
+            train_step,
+            start=start,
+            total=lora.train_steps,
+            losses=losses,
+            description="LoRA training",
+            every=lora.checkpoint_every if checkpoint_dir else 0,
+            on_every=checkpoint,
+            progress=progress,
+        )
         pipeline.unet.eval()
         self.pipeline = pipeline
         self.lora_weights = cpu_tensors(convert_state_dict_to_diffusers(_LoraWeights(pipeline.unet).state_dict()))
@@ -296,9 +305,11 @@ class StableDiffusionLoraGenerator(Generator):
         resolution = self.settings.resolution or pipeline_resolution(pipeline)
         negatives = rows["negative_prompt"].tolist() if rows["negative_prompt"].astype(bool).any() else None
         options = {
-            "prompt": rows["prompt"].tolist(), "negative_prompt": negatives,
-            "num_inference_steps": int(first["steps"]), "guidance_scale": float(first["guidance_scale"]),
-        }  # fmt: skip
+            "prompt": rows["prompt"].tolist(),
+            "negative_prompt": negatives,
+            "num_inference_steps": int(first["steps"]),
+            "guidance_scale": float(first["guidance_scale"]),
+        }
         seeds = rows["seed"].to_numpy()
         pipeline.set_progress_bar_config(disable=not progress)
         if first["mode"] == "image_to_image":
@@ -346,9 +357,11 @@ class StableDiffusionLoraGenerator(Generator):
         if not self.lora_weights:
             raise ValueError("The LoRA generator has not been fitted: nothing to save")
         StableDiffusionPipeline.save_lora_weights(
-            save_directory=folder, unet_lora_layers=self.lora_weights, safe_serialization=True,
+            save_directory=folder,
+            unet_lora_layers=self.lora_weights,
+            safe_serialization=True,
             unet_lora_adapter_metadata=self.settings.lora.peft_config().to_dict(),
-        )  # fmt: skip
+        )
 
     def _load_model(self, folder: Path) -> None:
         state = load_file(str(folder / LORA_WEIGHTS_FILE))

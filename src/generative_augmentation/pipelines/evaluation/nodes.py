@@ -1,11 +1,12 @@
-"""Nodes of the evaluation pipeline: per scenario, train a classifier per replicate, select on real validation
-images, score once on real test images; across scenarios, the statistics, figures, generative quality and report.
-"""
+"""Nodes of the evaluation pipeline: per arm, train a classifier per replicate, select on real validation images,
+score once on real test images; across arms, the pre-registered contrasts, the estimates, the shortcut probe,
+generative quality, figures and the report."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
@@ -16,10 +17,19 @@ from generative_augmentation.core.generative_metrics import quality_table
 from generative_augmentation.core.images import AugmentationConfig, ImageSpec, stack_images
 from generative_augmentation.core.manifest import class_names, resolve_classes, split_arrays, split_rows, train_counts
 from generative_augmentation.core.metrics import confusion
-from generative_augmentation.core.plots import confusion_matrix_figure, ratio_curves, real_beside_synthetic, recall_bars
+from generative_augmentation.core.plots import (
+    confusion_matrix_figure,
+    metric_by_scenario,
+    ratio_curves,
+    real_beside_synthetic,
+    recall_bars,
+)
+from generative_augmentation.core.probe import shortcut_probe
 from generative_augmentation.core.report import ReportInputs, build_report
-from generative_augmentation.core.runtime import numpy_rng
+from generative_augmentation.core.runtime import derive_seed, numpy_rng
 from generative_augmentation.core.scenarios import ScenarioConfig, StudyConfig, study_scenarios
+
+HEADLINE_METRICS = ("f1", "balanced_accuracy", "auc", "minority_recall", "accuracy", "precision")
 
 
 def train_classifiers(
@@ -34,16 +44,25 @@ def train_classifiers(
     seed: int,
     synthetic_images: dict | None = None,
 ) -> tuple[dict[str, Any], pd.DataFrame]:
-    """One classifier per replicate on the scenario's training set, each keeping its best-on-validation weights."""
+    """One classifier per replicate on the arm's training set, each keeping its best-on-validation weights."""
     spec, settings = ScenarioConfig.parse(scenario, "scenario"), EvaluationConfig.parse(evaluation_parameters)
     image_spec = ImageSpec.parse(image)
     train = evaluation.training_arrays(training_manifest, real_images, synthetic_images, image_spec)
     val = split_arrays(manifest, real_images, "val", image_spec)
     transforms = AugmentationConfig.parse(augmentation) if spec.augmented else None
     return evaluation.train_replicates(
-        train, val, ClassifierConfig.parse(classifier), transforms, settings.replicate_seeds(seed),
-        class_names(manifest), image_spec, f"{spec.kind} x{spec.ratio:g}",
-    )  # fmt: skip
+        train,
+        val,
+        ClassifierConfig.parse(classifier),
+        transforms,
+        settings.replicate_seeds(seed),
+        class_names(manifest),
+        image_spec,
+        f"{spec.kind} x{spec.ratio:g}",
+        workers=settings.worker_count(),
+        synthetic=training_manifest["origin"].to_numpy() == "synthetic",
+        synthetic_probability=spec.synthetic_probability,
+    )
 
 
 def score_on_test(
@@ -51,36 +70,99 @@ def score_on_test(
 ) -> tuple[pd.DataFrame, pd.DataFrame, Figure]:
     """Every replicate scored once on the real test split: the metrics, the predictions, the confusion matrix."""
     test = split_arrays(manifest, real_images, "test", ImageSpec.parse(image))
-    scores, predictions = evaluation.score_replicates(
-        classifier, test, split_rows(manifest, "test")["image_id"].to_numpy()
-    )
+    ids = split_rows(manifest, "test")["image_id"].to_numpy()
+    scores, predictions = evaluation.score_replicates(classifier, test, ids)
     names = classifier["config"]["class_names"]
     return scores, predictions, confusion_matrix_figure(confusion(predictions, len(names)), names)
+
+
+def analyse(
+    manifest: pd.DataFrame,
+    study_parameters: dict[str, Any],
+    definitions: dict[str, Any],
+    seed: int,
+    **arm_outputs: pd.DataFrame,
+) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
+    """The pre-registered primary contrasts (Holm-corrected verdicts), every arm's estimates with intervals, and
+    the contrasts as MLflow metrics. ``arm_outputs``: ``<arm>__predictions`` and ``<arm>__history`` per arm."""
+    config = StudyConfig.parse(study_parameters)
+    arms = study_scenarios(study_parameters, definitions)
+    names = class_names(manifest)
+    predictions = {name: study.Predictions.from_table(arm_outputs[f"{name}__predictions"], len(names)) for name in arms}
+    validation = {name: _mean_best_validation(arm_outputs[f"{name}__history"]) for name in arms}
+    minority = [names.index(name) for name in minority_classes(manifest, config)]
+    first = next(iter(predictions.values()))
+    bootstrap = study.Bootstrap.draw(
+        first.labels, first.predicted.shape[1], config.statistics.resamples, derive_seed(seed, "bootstrap")
+    )
+    contrasts = study.resolve_contrasts(config.statistics, arms, validation)
+    primary = study.primary_contrasts(predictions, contrasts, config.statistics, bootstrap, minority)
+    metrics = [*HEADLINE_METRICS, *(f"recall.{index}" for index in range(len(names)))]
+    estimates = study.estimates(predictions, arms, config.statistics, bootstrap, metrics, minority)
+    estimates["metric"] = estimates["metric"].map(lambda metric: _readable(metric, names))
+    estimates["validation_f1"] = estimates["scenario"].map(validation)
+    mlflow_metrics = {
+        f"primary.{row.treatment}_vs_{row.control}.{field}": {"value": float(getattr(row, field)), "step": 0}
+        for row in primary.itertuples()
+        for field in ("estimate", "low", "high", "p_holm")
+        if np.isfinite(getattr(row, field))
+    }
+    return primary, estimates, mlflow_metrics
+
+
+def minority_classes(manifest: pd.DataFrame, config: StudyConfig) -> list[str]:
+    """The classes named in ``study.minority_classes``, else the augmented classes."""
+    counts = train_counts(manifest)
+    if config.minority_classes is not None:
+        return resolve_classes(config.minority_classes, counts, config.parameter("minority_classes"))
+    return resolve_classes(config.augment_classes, counts, config.parameter("augment_classes"))
 
 
 def collect_metrics(
     manifest: pd.DataFrame, study_parameters: dict[str, Any], definitions: dict[str, Any], **test_scores: pd.DataFrame
 ) -> pd.DataFrame:
-    """One row per (scenario, replicate, metric, class), with ``minority`` rows for the augmented classes."""
+    """One row per (arm, replicate, metric, class): the per-classifier scores, for MLflow and the tables."""
     arms = study_scenarios(study_parameters, definitions)
-    return study.collect_metrics(arms, test_scores, _minority(manifest, study_parameters))
+    frames = [
+        table.assign(scenario=name, kind=arms[name].kind, ratio=arms[name].ratio) for name, table in test_scores.items()
+    ]
+    columns = ["scenario", "kind", "ratio", "replicate", "metric", "class_name", "value"]
+    return pd.concat(frames, ignore_index=True)[columns]
 
 
-def summarise(scenario_metrics: pd.DataFrame, evaluation_parameters: dict[str, Any]) -> pd.DataFrame:
-    """Mean and interval per scenario and metric, and the paired difference to ``real``."""
-    return study.summarise(scenario_metrics, EvaluationConfig.parse(evaluation_parameters).confidence)
+def plot_primary_metric(scenario_metrics: pd.DataFrame, study_parameters: dict[str, Any]) -> Figure:
+    """The primary metric of every classifier, by arm (one box per arm): the view that answers the question."""
+    metric = StudyConfig.parse(study_parameters).statistics.primary_metric
+    return metric_by_scenario(scenario_metrics, "f1" if metric == "minority_recall" else metric)
 
 
-def plot_ratio_curves(scenario_statistics: pd.DataFrame, evaluation_parameters: dict[str, Any]) -> Figure:
-    return ratio_curves(scenario_statistics, EvaluationConfig.parse(evaluation_parameters).confidence)
+def plot_ratio_curves(scenario_estimates: pd.DataFrame, study_parameters: dict[str, Any]) -> Figure:
+    return ratio_curves(scenario_estimates, 1 - StudyConfig.parse(study_parameters).statistics.alpha)
 
 
 def plot_recall_bars(
-    scenario_statistics: pd.DataFrame, manifest: pd.DataFrame, evaluation_parameters: dict[str, Any]
+    scenario_estimates: pd.DataFrame, manifest: pd.DataFrame, study_parameters: dict[str, Any]
 ) -> Figure:
     return recall_bars(
-        scenario_statistics, class_names(manifest), EvaluationConfig.parse(evaluation_parameters).confidence
+        scenario_estimates, class_names(manifest), 1 - StudyConfig.parse(study_parameters).statistics.alpha
     )
+
+
+def probe_shortcut(
+    labeled_synthetic: pd.DataFrame,
+    synthetic_images: dict,
+    manifest: pd.DataFrame,
+    real_images: dict,
+    classifier: dict[str, Any],
+    image: dict[str, Any],
+    seed: int,
+) -> pd.DataFrame:
+    """Per class: how well a small classifier tells kept synthetic images from real train images (AUC)."""
+    spec, names = ImageSpec.parse(image), class_names(manifest)
+    kept = labeled_synthetic[labeled_synthetic["verdict"] == "keep"]
+    real = split_arrays(manifest, real_images, "train", spec)
+    fake = (stack_images(synthetic_images, kept["image_key"], spec), kept["final_label"].to_numpy(dtype=np.int64))
+    return shortcut_probe(real, fake, names, ClassifierConfig.parse(classifier), seed)
 
 
 def measure_generative_quality(
@@ -114,40 +196,63 @@ def draw_samples(
     for name, rows in kept.groupby("final_class"):
         real_keys = train.loc[train["class_name"] == name, "image_key"].to_numpy()
         real[name] = stack_images(real_images, rng.choice(real_keys, min(per_row, len(real_keys)), replace=False), spec)
-        fake[name] = stack_images(
-            synthetic_images, rng.choice(rows["image_key"].to_numpy(), min(per_row, len(rows)), replace=False), spec
-        )
+        chosen = rng.choice(rows["image_key"].to_numpy(), min(per_row, len(rows)), replace=False)
+        fake[name] = stack_images(synthetic_images, chosen, spec)
     return real_beside_synthetic(real, fake, "Real train (top) beside kept synthetic (bottom), per class", per_row)
 
 
 def write_report(
-    scenario_statistics: pd.DataFrame,
+    primary_contrasts: pd.DataFrame,
+    scenario_estimates: pd.DataFrame,
+    scenario_metrics: pd.DataFrame,
     scenario_summary: pd.DataFrame,
     split_audit: pd.DataFrame,
     manifest: pd.DataFrame,
     study_parameters: dict[str, Any],
     evaluation_parameters: dict[str, Any],
+    run_provenance: dict[str, Any],
     generative_quality: pd.DataFrame | None = None,
+    shortcut_probe_table: pd.DataFrame | None = None,
     samples: Figure | None = None,
     **test_predictions: pd.DataFrame,
 ) -> str:
-    """The self-contained HTML report (its figures drawn again from the statistics: figures do not load back)."""
-    config, names = EvaluationConfig.parse(evaluation_parameters), class_names(manifest)
+    """The self-contained HTML report (its figures drawn again from the tables: figures do not load back)."""
+    config, names = StudyConfig.parse(study_parameters), class_names(manifest)
+    level = 1 - config.statistics.alpha
     figures = {
-        "ratio_curves": ratio_curves(scenario_statistics, config.confidence),
-        "recall_bars": recall_bars(scenario_statistics, names, config.confidence),
+        "primary_metric": plot_primary_metric(scenario_metrics, study_parameters),
+        "ratio_curves": ratio_curves(scenario_estimates, level),
+        "recall_bars": recall_bars(scenario_estimates, names, level),
     }
     if samples is not None:
         figures["samples"] = samples
+    settings = EvaluationConfig.parse(evaluation_parameters)
     confusions = {name: confusion(table, len(names)) for name, table in test_predictions.items()}
-    return build_report(ReportInputs(
-        title=config.report_title, summary=scenario_statistics, scenario_summary=scenario_summary,
-        split_audit=split_audit, confusions=confusions, class_names=names,
-        minority=_minority(manifest, study_parameters), confidence=config.confidence, figures=figures,
-        quality=generative_quality, nearest_k=config.quality.nearest_k,
-    ))  # fmt: skip
+    return build_report(
+        ReportInputs(
+            title=settings.report_title,
+            primary=primary_contrasts,
+            estimates=scenario_estimates,
+            scenario_summary=scenario_summary,
+            split_audit=split_audit,
+            confusions=confusions,
+            class_names=names,
+            minority=minority_classes(manifest, config),
+            statistics=config.statistics,
+            figures=figures,
+            quality=generative_quality,
+            probe=shortcut_probe_table,
+            nearest_k=settings.quality.nearest_k,
+            provenance=run_provenance,
+            replicates=settings.replicates,
+        )
+    )
 
 
-def _minority(manifest: pd.DataFrame, study_parameters: dict[str, Any]) -> list[str]:
-    config = StudyConfig.parse(study_parameters)
-    return resolve_classes(config.augment_classes, train_counts(manifest), config.parameter("augment_classes"))
+def _mean_best_validation(history: pd.DataFrame) -> float:
+    """The mean over replicates of each replicate's best validation macro-F1 (how arms are ranked: never on test)."""
+    return float(history.groupby("replicate")["val_macro_f1"].max().mean())
+
+
+def _readable(metric: str, names: list[str]) -> str:
+    return f"recall.{names[int(metric.split('.', 1)[1])]}" if metric.startswith("recall.") else metric

@@ -1,4 +1,4 @@
-"""The evaluation pipeline: one namespaced template per scenario of the study, then the across-scenario study.
+"""The evaluation pipeline: one namespaced template per arm of the study, then the across-arm analysis.
 
 The arms are passed in by the registry from the active environment's ``study.arms``; each namespace reads its own
 parameter subtree ``scenarios.<name>``, as the kedro-viz demo's modelling pipeline does per model type.
@@ -11,13 +11,15 @@ from kedro.pipeline import Pipeline, node
 from generative_augmentation.core.scenarios import ScenarioConfig
 
 from .nodes import (
+    analyse,
     collect_metrics,
     draw_samples,
     measure_generative_quality,
+    plot_primary_metric,
     plot_ratio_curves,
     plot_recall_bars,
+    probe_shortcut,
     score_on_test,
-    summarise,
     train_classifiers,
     write_report,
 )
@@ -28,10 +30,16 @@ SHARED_PARAMETERS = ("params:classifier", "params:evaluation", "params:augmentat
 def scenario_template(spec: ScenarioConfig) -> Pipeline:
     """Train per replicate on ``training_manifest``, select on real validation images, score once on real test."""
     inputs = {
-        "training_manifest": "training_manifest", "manifest": "manifest", "real_images": "real_images",
-        "scenario": "params:scenario", "classifier": "params:classifier", "evaluation_parameters": "params:evaluation",
-        "augmentation": "params:augmentation", "image": "params:image", "seed": "params:seed",
-    }  # fmt: skip
+        "training_manifest": "training_manifest",
+        "manifest": "manifest",
+        "real_images": "real_images",
+        "scenario": "params:scenario",
+        "classifier": "params:classifier",
+        "evaluation_parameters": "params:evaluation",
+        "augmentation": "params:augmentation",
+        "image": "params:image",
+        "seed": "params:seed",
+    }
     if spec.uses_synthetic:
         inputs["synthetic_images"] = "synthetic_images"
     return Pipeline(
@@ -54,15 +62,29 @@ def create_pipeline(arms: Mapping[str, ScenarioConfig] | None = None, **kwargs) 
             scenario_template(spec),
             namespace=name,
             inputs={"manifest", "real_images"} | ({"synthetic_images"} if spec.uses_synthetic else set()),
-            parameters={
-                "params:scenario": f"params:scenarios.{name}",
-                **{parameter: parameter for parameter in SHARED_PARAMETERS},
-            },
+            parameters={"params:scenario": f"params:scenarios.{name}", **{p: p for p in SHARED_PARAMETERS}},
         )
         for name, spec in arms.items()
     ]
     uses_synthetic = any(spec.uses_synthetic for spec in arms.values())
+    arm_outputs = {
+        f"{name}__{kind}": f"{name}.{dataset}"
+        for name in arms
+        for kind, dataset in (("predictions", "test_predictions"), ("history", "training_history"))
+    }
     study = [
+        node(
+            analyse,
+            {
+                "manifest": "manifest",
+                "study_parameters": "params:study",
+                "definitions": "params:scenarios",
+                "seed": "params:seed",
+                **arm_outputs,
+            },
+            ["primary_contrasts", "scenario_estimates", "study_metrics"],
+            name="analyse_study",
+        ),
         node(
             collect_metrics,
             {
@@ -73,21 +95,30 @@ def create_pipeline(arms: Mapping[str, ScenarioConfig] | None = None, **kwargs) 
             },
             "scenario_metrics",
             name="collect_scenario_metrics",
-        ),  # fmt: skip
-        node(summarise, ["scenario_metrics", "params:evaluation"], "scenario_statistics", name="statistics"),
-        node(plot_ratio_curves, ["scenario_statistics", "params:evaluation"], "ratio_curves", name="plot_ratio_curves"),
+        ),
         node(
-            plot_recall_bars,
-            ["scenario_statistics", "manifest", "params:evaluation"],
-            "recall_bars",
-            name="plot_recall_bars",
+            plot_primary_metric,
+            ["scenario_metrics", "params:study"],
+            "primary_metric_by_scenario",
+            name="plot_primary_metric",
+        ),
+        node(plot_ratio_curves, ["scenario_estimates", "params:study"], "ratio_curves", name="plot_ratio_curves"),
+        node(
+            plot_recall_bars, ["scenario_estimates", "manifest", "params:study"], "recall_bars", name="plot_recall_bars"
         ),
     ]
     report_inputs = {
-        "scenario_statistics": "scenario_statistics", "scenario_summary": "scenario_summary",
-        "split_audit": "split_audit", "manifest": "manifest", "study_parameters": "params:study",
-        "evaluation_parameters": "params:evaluation", **{name: f"{name}.test_predictions" for name in arms},
-    }  # fmt: skip
+        "primary_contrasts": "primary_contrasts",
+        "scenario_estimates": "scenario_estimates",
+        "scenario_metrics": "scenario_metrics",
+        "scenario_summary": "scenario_summary",
+        "split_audit": "split_audit",
+        "manifest": "manifest",
+        "study_parameters": "params:study",
+        "evaluation_parameters": "params:evaluation",
+        "run_provenance": "run_provenance",
+        **{name: f"{name}.test_predictions" for name in arms},
+    }
     if uses_synthetic:
         study += [
             node(
@@ -105,12 +136,30 @@ def create_pipeline(arms: Mapping[str, ScenarioConfig] | None = None, **kwargs) 
                 name="generative_quality",
             ),
             node(
+                probe_shortcut,
+                [
+                    "labeled_synthetic",
+                    "synthetic_images",
+                    "manifest",
+                    "real_images",
+                    "params:classifier",
+                    "params:image",
+                    "params:seed",
+                ],
+                "shortcut_probe",
+                name="shortcut_probe",
+            ),
+            node(
                 draw_samples,
                 ["manifest", "real_images", "labeled_synthetic", "synthetic_images", "params:image", "params:seed"],
                 "report_samples",
                 name="report_sample_grid",
             ),
         ]
-        report_inputs |= {"generative_quality": "generative_quality", "samples": "report_samples"}
+        report_inputs |= {
+            "generative_quality": "generative_quality",
+            "shortcut_probe_table": "shortcut_probe",
+            "samples": "report_samples",
+        }
     study.append(node(write_report, report_inputs, "report", name="build_report"))
     return sum(per_scenario, start=Pipeline([])) + Pipeline(study)

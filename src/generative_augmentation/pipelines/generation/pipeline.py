@@ -27,7 +27,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                 ],
                 ["generator", "generator_training_log"],
                 name="train_generator",
-            ),  # fmt: skip
+            ),
             node(
                 generate_synthetic_pool,
                 ["generator", "synthetic_pool_plan", "real_images", "generator_checkpoints", "params:generation"],
@@ -47,7 +47,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                 ],
                 ["generation_sample_grids", "generation_loss_curve", "generation_metrics", "generation_pool_summary"],
                 name="report_generation",
-            ),  # fmt: skip
+            ),
         ],
         namespace="generation",  # nodes become generation.<name>; kedro-viz draws them as one box
         prefix_datasets_with_namespace=False,  # the datasets and parameters keep their names

@@ -102,10 +102,12 @@ def count_stages(
         f"{stage}.{row.class_name}": getattr(row, stage) for row in table.itertuples(index=False) for stage in stages
     }
     metrics |= {
-        "train_threshold": guard["train_threshold"], "val_threshold": guard["val_threshold"],
-        "copies_val": guard["n_copies_val"], "memorised_train": guard["n_memorised_train"],
+        "train_threshold": guard["train_threshold"],
+        "val_threshold": guard["val_threshold"],
+        "copies_val": guard["n_copies_val"],
+        "memorised_train": guard["n_memorised_train"],
         "labeler_val_macro_f1": labeler["config"]["val_macro_f1"],
-    }  # fmt: skip
+    }
     return table, {name: {"value": float(value), "step": 0} for name, value in metrics.items()}
 
 

@@ -55,7 +55,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                 ],
                 ["synthetic_nearest_real", "memorisation_guard"],
                 name="find_nearest_real",
-            ),  # fmt: skip
+            ),
             node(
                 apply_filter,
                 ["synthetic_manifest", "synthetic_predictions", "synthetic_nearest_real", "params:pseudo_labeling"],

@@ -74,7 +74,9 @@ def plot_selection(selected_images: pd.DataFrame) -> dict[str, Figure]:
     for class_name, rows in selected_images.groupby("class_name", sort=False):
         chosen = rows["selected"].to_numpy(bool)
         figures[f"{class_name}.png"] = embedding_scatter(
-            rows[["tsne_x", "tsne_y"]].to_numpy(), rows["class_name"].to_numpy(),
-            f"{class_name}: {chosen.sum()} of {len(rows)} selected (ringed), rest dropped", highlight=chosen,
-        )  # fmt: skip
+            rows[["tsne_x", "tsne_y"]].to_numpy(),
+            rows["class_name"].to_numpy(),
+            f"{class_name}: {chosen.sum()} of {len(rows)} selected (ringed), rest dropped",
+            highlight=chosen,
+        )
     return figures or {"no_dominant_class.png": message_figure("No dominant class: parameter reduction named none")}
