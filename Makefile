@@ -3,8 +3,9 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+NOTEBOOK_STAMP := $(VENV)/.installed-notebook
 
-.PHONY: install run test lint viz mlflow benchmark clean-outputs
+.PHONY: install run test lint viz mlflow notebook benchmark clean-outputs
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -13,6 +14,10 @@ $(BIN)/python:
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
+
+$(NOTEBOOK_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e ".[dev,notebook]"
+	touch $(NOTEBOOK_STAMP)
 
 install: $(STAMP)
 
@@ -31,6 +36,11 @@ viz: $(STAMP)
 
 mlflow: $(STAMP)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db
+
+# JupyterLab (installed into .venv on first use) with the project's Kedro kernel; open notebooks/study.ipynb.
+# As root (containers, CI machines) JupyterLab refuses to start without --allow-root.
+notebook: $(NOTEBOOK_STAMP)
+	$(BIN)/kedro jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root) $(ARGS)
 
 clean-outputs:
 	find data/02_intermediate data/03_primary data/04_feature data/05_model_input data/06_models \
