@@ -42,6 +42,15 @@ mlflow: $(STAMP)
 notebook: $(NOTEBOOK_STAMP)
 	$(BIN)/kedro jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root) $(ARGS)
 
+# Wall time and peak memory of each pipeline (a whole default run, one `kedro run` per pipeline under GNU time),
+# then the DDPM sampler's speed and KID against diffusers' 1000-step sampler, on the generator that run trained.
+# About 35 minutes on 2 CPU cores (the 1000-step sampler alone about 14); Markdown tables on stdout, JSON under
+# data/08_reporting; docs/benchmarks.md has the last results. KEDRO_ENV=<env> make benchmark measures another study.
+benchmark: $(STAMP)
+	@test -x /usr/bin/time || { echo "make benchmark needs GNU time at /usr/bin/time (Debian: apt-get install time)"; exit 1; }
+	$(BIN)/python scripts/benchmark_pipelines.py
+	$(BIN)/python scripts/benchmark_sampler.py
+
 clean-outputs:
 	find data/02_intermediate data/03_primary data/04_feature data/05_model_input data/06_models \
 		data/07_model_output data/08_reporting -mindepth 1 ! -name .gitkeep -exec rm -rf {} +
