@@ -3,8 +3,9 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+NOTEBOOK_STAMP := $(VENV)/.installed-notebook
 
-.PHONY: install run test lint viz mlflow benchmark clean-outputs
+.PHONY: install run test lint viz mlflow notebook benchmark clean-outputs
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -13,6 +14,10 @@ $(BIN)/python:
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
+
+$(NOTEBOOK_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e ".[dev,notebook]"
+	touch $(NOTEBOOK_STAMP)
 
 install: $(STAMP)
 
@@ -31,6 +36,20 @@ viz: $(STAMP)
 
 mlflow: $(STAMP)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db
+
+# JupyterLab (installed into .venv on first use) with the project's Kedro kernel; open notebooks/study.ipynb.
+# As root (containers, CI machines) JupyterLab refuses to start without --allow-root.
+notebook: $(NOTEBOOK_STAMP)
+	$(BIN)/kedro jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root) $(ARGS)
+
+# Wall time and peak memory of each pipeline (a whole default run, one `kedro run` per pipeline under GNU time),
+# then the DDPM sampler's speed and KID against diffusers' 1000-step sampler, on the generator that run trained.
+# About 35 minutes on 2 CPU cores (the 1000-step sampler alone about 14); Markdown tables on stdout, JSON under
+# data/08_reporting; docs/benchmarks.md has the last results. KEDRO_ENV=<env> make benchmark measures another study.
+benchmark: $(STAMP)
+	@test -x /usr/bin/time || { echo "make benchmark needs GNU time at /usr/bin/time (Debian: apt-get install time)"; exit 1; }
+	$(BIN)/python scripts/benchmark_pipelines.py
+	$(BIN)/python scripts/benchmark_sampler.py
 
 clean-outputs:
 	find data/02_intermediate data/03_primary data/04_feature data/05_model_input data/06_models \
