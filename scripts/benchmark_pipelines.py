@@ -4,7 +4,7 @@ Usage (from the project root, after `make install`):
 
     .venv/bin/python scripts/benchmark_pipelines.py [--env ENV] [--params k=v,...] [--pipelines a,b]
 
-Each pipeline runs as its own `kedro run --pipeline=NAME` under GNU time, so the table gives every pipeline's
+Each pipeline runs as its own `kedro run --pipelines=NAME` under GNU time, so the table gives every pipeline's
 wall time and peak resident memory; their sum is the full run. Results go to stdout as a Markdown table and to
 data/08_reporting/pipeline_benchmark.json (or the environment's data folder).
 """
@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def run_pipeline(name: str, env: str | None, params: str | None) -> dict[str, float | str]:
     """Run one pipeline under `/usr/bin/time -v`; its wall time (s) and peak RSS (MiB)."""
-    command = ["/usr/bin/time", "-v", str(ROOT / ".venv/bin/kedro"), "run", f"--pipeline={name}"]
+    command = ["/usr/bin/time", "-v", str(ROOT / ".venv/bin/kedro"), "run", f"--pipelines={name}"]
     command += [f"--env={env}"] if env else []
     command += [f"--params={params}"] if params else []
     started = time.perf_counter()
@@ -36,7 +36,7 @@ def run_pipeline(name: str, env: str | None, params: str | None) -> dict[str, fl
     wall = time.perf_counter() - started
     if result.returncode != 0:
         sys.stderr.write(result.stdout[-4000:] + result.stderr[-4000:])
-        raise SystemExit(f"kedro run --pipeline={name} failed with exit code {result.returncode}")
+        raise SystemExit(f"kedro run --pipelines={name} failed with exit code {result.returncode}")
     peak_kib = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", result.stderr).group(1))
     return {"pipeline": name, "wall_s": round(wall, 1), "peak_rss_mib": round(peak_kib / 1024, 1)}
 

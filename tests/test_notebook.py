@@ -52,7 +52,7 @@ def before_and_after(notebook, empty: Path, study: Path, study_done: threading.E
 
 def test_the_notebook_says_what_to_run_then_shows_the_study(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     empty, study = make_project(tmp_path / "empty"), make_project(tmp_path / "study")
-    monkeypatch.setitem(TINY, "study", {"arms": ARMS})
+    monkeypatch.setitem(TINY, "study", {"arms": ARMS, "statistics": {"contrasts": [ARMS[::-1]], "resamples": 200}})
     monkeypatch.chdir(study)
     monkeypatch.setenv(PROJECT_VARIABLE, str(empty))  # the kernel inherits it; its working folder is empty too
     notebook, study_done = nbformat.read(NOTEBOOK, as_version=4), threading.Event()
@@ -66,12 +66,20 @@ def test_the_notebook_says_what_to_run_then_shows_the_study(tmp_path: Path, monk
             study_done.set()
         before, after = outputs.result()
 
-    for dataset in ("manifest", "synthetic_manifest", "synthetic_images", "scenario_statistics", "report"):
+    for dataset in (
+        "manifest",
+        "synthetic_manifest",
+        "synthetic_images",
+        "primary_contrasts",
+        "scenario_estimates",
+        "report",
+    ):
         assert f"'{dataset}' {NOT_YET}" in before
     assert "make run" in before and "--pipelines=generation" in before
     assert NOT_YET not in after
     assert f"Project {study}, environment retinamnist" in after
     assert "grade1_mild" in after and "kept" in after  # the pool per class
     assert "data:image/png;base64," in after  # real beside synthetic images
-    assert all(arm in after for arm in ARMS) and "macro-F1" in after  # the headline table
+    assert all(arm in after for arm in ARMS) and "macro-F1" in after  # the estimates
+    assert "synthetic_x1" in after and "p (Holm)" in after  # the pre-registered verdict
     assert "<iframe srcdoc=" in after and "Synthetic augmentation study" in after  # the report

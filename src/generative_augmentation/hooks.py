@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -15,7 +16,6 @@ import pandas as pd
 from kedro.framework.hooks import hook_impl
 from matplotlib.figure import Figure
 
-from generative_augmentation.core.generators import Generator
 from generative_augmentation.core.runtime import RuntimeConfig, apply_runtime, peak_rss_mib
 from generative_augmentation.datasets.safetensors_model import SafetensorsModelDataset
 
@@ -69,6 +69,13 @@ class MlflowArtifactHooks:
             log_artifact(data, artifact_path, dataset_name.rsplit(".", 1)[-1])
 
 
+def is_generator(data: Any) -> bool:
+    """Whether ``data`` is a fitted generator, without importing diffusers into every Kedro command: a generator
+    exists only once its module has been imported."""
+    module = sys.modules.get("generative_augmentation.core.generators.base")
+    return module is not None and isinstance(data, module.Generator)
+
+
 def log_artifact(data: Any, artifact_path: str, name: str) -> None:
     """Log one saved object under ``artifact_path``: by its type, as a user would want to open it."""
     if isinstance(data, Figure):
@@ -82,7 +89,7 @@ def log_artifact(data: Any, artifact_path: str, name: str) -> None:
         mlflow.log_text(
             data, f"{artifact_path}/{name}.html" if data.lstrip().startswith("<") else f"{artifact_path}/{name}.txt"
         )
-    elif isinstance(data, Generator):
+    elif is_generator(data):
         with tempfile.TemporaryDirectory() as folder:
             mlflow.log_artifacts(str(data.save(folder)), artifact_path)
     elif isinstance(data, Mapping) and "state_dict" in data:

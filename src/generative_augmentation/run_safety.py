@@ -222,10 +222,10 @@ class RunNamingHooks:
             **provenance(context),
             "classifier threads": "1 each",
         }
-        declared = catalog.get("run_provenance")  # conf/base/catalog.yml gives it its kedro-viz layer
-        catalog["run_provenance"] = MemoryDataset(
-            record, copy_mode="assign", metadata=getattr(declared, "metadata", None)
-        )
+        if "run_provenance" in catalog:  # declared in conf/base/catalog.yml, which gives it its kedro-viz layer
+            catalog.save("run_provenance", record)
+        else:
+            catalog["run_provenance"] = MemoryDataset(record, copy_mode="assign")
 
     @hook_impl(trylast=True)  # after kedro-mlflow has opened the run
     def before_pipeline_run(self, run_params: dict[str, Any]) -> None:

@@ -43,9 +43,11 @@ def train_classifiers(
     image: dict[str, Any],
     seed: int,
     synthetic_images: dict | None = None,
+    arm: str = "scenario",
 ) -> tuple[dict[str, Any], pd.DataFrame]:
-    """One classifier per replicate on the arm's training set, each keeping its best-on-validation weights."""
-    spec, settings = ScenarioConfig.parse(scenario, "scenario"), EvaluationConfig.parse(evaluation_parameters)
+    """One classifier per replicate on the arm's training set, each keeping its best-on-validation weights
+    (``arm``: the arm's name, for the logs and progress bars)."""
+    spec, settings = ScenarioConfig.parse(scenario, f"scenarios.{arm}"), EvaluationConfig.parse(evaluation_parameters)
     image_spec = ImageSpec.parse(image)
     train = evaluation.training_arrays(training_manifest, real_images, synthetic_images, image_spec)
     val = split_arrays(manifest, real_images, "val", image_spec)
@@ -58,7 +60,7 @@ def train_classifiers(
         settings.replicate_seeds(seed),
         class_names(manifest),
         image_spec,
-        f"{spec.kind} x{spec.ratio:g}",
+        arm,
         workers=settings.worker_count(),
         synthetic=training_manifest["origin"].to_numpy() == "synthetic",
         synthetic_probability=spec.synthetic_probability,

@@ -5,6 +5,7 @@ parameter subtree ``scenarios.<name>``, as the kedro-viz demo's modelling pipeli
 """
 
 from collections.abc import Mapping
+from functools import partial
 
 from kedro.pipeline import Pipeline, node
 
@@ -27,7 +28,7 @@ from .nodes import (
 SHARED_PARAMETERS = ("params:classifier", "params:evaluation", "params:augmentation", "params:image", "params:seed")
 
 
-def scenario_template(spec: ScenarioConfig) -> Pipeline:
+def scenario_template(name: str, spec: ScenarioConfig) -> Pipeline:
     """Train per replicate on ``training_manifest``, select on real validation images, score once on real test."""
     inputs = {
         "training_manifest": "training_manifest",
@@ -44,7 +45,12 @@ def scenario_template(spec: ScenarioConfig) -> Pipeline:
         inputs["synthetic_images"] = "synthetic_images"
     return Pipeline(
         [
-            node(train_classifiers, inputs, ["classifier", "training_history"], name="train_classifier"),
+            node(
+                partial(train_classifiers, arm=name),
+                inputs,
+                ["classifier", "training_history"],
+                name="train_classifier",
+            ),
             node(
                 score_on_test,
                 ["classifier", "manifest", "real_images", "params:image"],
@@ -59,7 +65,7 @@ def create_pipeline(arms: Mapping[str, ScenarioConfig] | None = None, **kwargs) 
     arms = arms or {"real": ScenarioConfig()}
     per_scenario = [
         Pipeline(
-            scenario_template(spec),
+            scenario_template(name, spec),
             namespace=name,
             inputs={"manifest", "real_images"} | ({"synthetic_images"} if spec.uses_synthetic else set()),
             parameters={"params:scenario": f"params:scenarios.{name}", **{p: p for p in SHARED_PARAMETERS}},
