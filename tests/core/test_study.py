@@ -17,6 +17,7 @@ from generative_augmentation.core.study import (
     compare,
     confusion_metric,
     holm,
+    point_value,
     primary_contrasts,
     resolve_contrasts,
 )
@@ -30,7 +31,7 @@ def predictions(correct: np.ndarray, labels: np.ndarray, seed: int = 0) -> Predi
     wrong = (labels[None] + rng.integers(1, K, size=correct.shape)) % K
     predicted = np.where(correct, labels[None], wrong)
     probabilities = np.eye(K)[predicted] * 0.8 + 0.2 / K
-    return Predictions(labels=labels[None], predicted=predicted[None], probabilities=probabilities[None])
+    return Predictions(labels=(labels,), predicted=(predicted,), probabilities=(probabilities,))
 
 
 def test_confusion_metrics_equal_sklearn_on_random_predictions() -> None:
@@ -58,7 +59,7 @@ def test_the_vectorised_bootstrap_equals_a_brute_force_one_on_the_same_draws() -
     for b in (0, 17, 49):
         rows = np.repeat(np.arange(len(labels)), bootstrap.test_counts[0][b].astype(int))
         per_replicate = [
-            f1_score(labels[rows], arm.predicted[0, r, rows], average="macro", labels=range(K), zero_division=0)
+            f1_score(labels[rows], arm.predicted[0][r, rows], average="macro", labels=range(K), zero_division=0)
             for r in range(4)
         ]
         assert draws[b] == pytest.approx(np.dot(bootstrap.unit_weights[b, 0], per_replicate))
@@ -93,14 +94,18 @@ def contrast_setup(better_by: float, replicates: int = 8, seed: int = 0):
     return {"treatment": treatment, "control": control}, bootstrap
 
 
+def labels_of(arm: Predictions) -> np.ndarray:
+    return arm.labels[0][None]
+
+
 def test_a_large_true_difference_is_found_and_no_difference_is_not() -> None:
     config = StatisticsConfig(contrasts=[["treatment", "control"]])
     arms, bootstrap = contrast_setup(better_by=0.25)
     found = primary_contrasts(arms, [("treatment", "control")], config, bootstrap).iloc[0]
     assert found["verdict"] == "better" and found["low"] > 0 and found["p_holm"] < 0.05 and 0 < found["mde"] < 0.25
     accuracy = compare(arms["treatment"], arms["control"], "accuracy", config, bootstrap)["estimate"]
-    observed = (arms["treatment"].predicted == arms["treatment"].labels[:, None]).mean() - (
-        arms["control"].predicted == arms["control"].labels[:, None]
+    observed = (arms["treatment"].predicted[0] == labels_of(arms["treatment"])).mean() - (
+        arms["control"].predicted[0] == labels_of(arms["control"])
     ).mean()
     assert accuracy == pytest.approx(observed)
     arms, bootstrap = contrast_setup(better_by=0.0, seed=3)
@@ -172,5 +177,37 @@ def test_predictions_read_from_the_test_predictions_table() -> None:
         }
     )
     arm = Predictions.from_table(table, 2)
-    assert arm.labels.tolist() == [[0, 1]] and arm.predicted.tolist() == [[[1, 1], [0, 0]]] and arm.units == 2
-    assert arm.probabilities.shape == (1, 2, 2, 2)
+    assert [labels.tolist() for labels in arm.labels] == [[0, 1]] and arm.units == 2
+    assert [predicted.tolist() for predicted in arm.predicted] == [[[1, 1], [0, 0]]]
+    assert arm.probabilities[0].shape == (2, 2, 2)
+    with pytest.raises(ValueError, match=r"Upstream replicate 0: every classifier replicate \[0, 1\] must predict"):
+        Predictions.from_table(table.iloc[:3], 2)
+
+
+def test_upstream_replicates_may_each_have_their_own_test_split() -> None:
+    """Another patient split per upstream replicate: test sets of different sizes, resampled each within itself."""
+    rng = np.random.default_rng(4)
+    frames = []
+    for upstream, size in ((0, 30), (1, 36)):
+        labels = np.arange(size) % K
+        for replicate in range(3):
+            predicted = np.where(rng.random(size) < 0.7, labels, (labels + 1) % K)
+            frames.append(
+                pd.DataFrame(
+                    {
+                        "upstream": upstream,
+                        "replicate": replicate,
+                        "image_id": [f"u{upstream}_{index:03d}" for index in range(size)],
+                        "label": labels,
+                        "predicted": predicted,
+                        **{f"p_{k}": (predicted == k) * 0.8 + 0.2 / K for k in range(K)},
+                    }
+                )
+            )
+    arm = Predictions.from_table(pd.concat(frames), K)
+    assert [len(labels) for labels in arm.labels] == [30, 36] and arm.units == 6 and arm.replicates == 3
+    bootstrap = Bootstrap.draw(arm.labels, arm.replicates, 100, seed=2)
+    assert [counts.shape for counts in bootstrap.test_counts] == [(100, 30), (100, 36)]
+    assert np.allclose(bootstrap.unit_weights.sum(axis=(1, 2)), 1)
+    point = point_value(arm, "f1")
+    assert point.shape == (2, 3) and np.isclose(bootstrap.metric_draws(arm, "f1").mean(), point.mean(), atol=0.05)

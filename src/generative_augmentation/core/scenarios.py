@@ -140,6 +140,13 @@ class StudyConfig(Config):
         bad = [name for name in self.arms if not name.isidentifier()]
         yield "arms", not bad, f"names {bad}, which are not Python identifiers (write synthetic_x1p5, not x1.5)"
 
+    def minority_class_names(self, manifest: pd.DataFrame) -> list[str]:
+        """The classes whose recall is minority recall: ``minority_classes``, else the augmented classes."""
+        counts = train_counts(manifest)
+        if self.minority_classes is not None:
+            return resolve_classes(self.minority_classes, counts, self.parameter("minority_classes"))
+        return resolve_classes(self.augment_classes, counts, self.parameter("augment_classes"))
+
 
 def study_scenarios(study: Mapping[str, Any] | None, scenarios: Mapping[str, Any] | None) -> dict[str, ScenarioConfig]:
     """``{name: ScenarioConfig}`` of the arms ``study.arms`` names, parsed from ``scenarios``, in that order."""

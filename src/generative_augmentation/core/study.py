@@ -39,15 +39,17 @@ from generative_augmentation.core.scenarios import (
 logger = logging.getLogger(__name__)
 
 CONFUSION_METRICS = ("f1", "balanced_accuracy", "accuracy", "precision", "minority_recall")
+HEADLINE_METRICS = ("f1", "balanced_accuracy", "auc", "minority_recall", "accuracy", "precision")
 
 
 @dataclass(frozen=True)
 class Predictions:
-    """One arm's test predictions: per (upstream, replicate) unit, the labels, predictions and probabilities."""
+    """One arm's test predictions, per upstream replicate (each may have its own test split, e.g. another patient
+    split): the true labels, and per classifier replicate the predicted labels and class probabilities."""
 
-    labels: np.ndarray  # (U, N) true labels of each upstream replicate's test images
-    predicted: np.ndarray  # (U, R, N)
-    probabilities: np.ndarray  # (U, R, N, K)
+    labels: tuple[np.ndarray, ...]  # per upstream: (N_u,) true labels of its test images
+    predicted: tuple[np.ndarray, ...]  # per upstream: (R, N_u)
+    probabilities: tuple[np.ndarray, ...]  # per upstream: (R, N_u, K)
 
     @classmethod
     def from_table(cls, table: pd.DataFrame, num_classes: int) -> Predictions:
@@ -55,22 +57,29 @@ class Predictions:
         ``predicted``, ``p_0``..``p_{K-1}``)."""
         table = table if "upstream" in table.columns else table.assign(upstream=0)
         table = table.sort_values(["upstream", "replicate", "image_id"])
-        upstream, replicates = table["upstream"].unique(), table["replicate"].unique()
-        shape = (len(upstream), len(replicates), -1)
-        first = table[(table["upstream"] == upstream[0]) & (table["replicate"] == replicates[0])]
-        if len(table) != len(upstream) * len(replicates) * len(first):
-            raise ValueError("Every (upstream, replicate) must predict the same number of test images")
-        labels = table.groupby("upstream", sort=True).head(len(first))["label"].to_numpy().reshape(len(upstream), -1)
+        replicates = table["replicate"].unique()
         columns = [f"p_{index}" for index in range(num_classes)]
-        return cls(
-            labels=labels,
-            predicted=table["predicted"].to_numpy().reshape(shape),
-            probabilities=table[columns].to_numpy(dtype=np.float64).reshape(*shape[:2], -1, num_classes),
-        )
+        labels, predicted, probabilities = [], [], []
+        for upstream, rows in table.groupby("upstream", sort=True):
+            first = rows[rows["replicate"] == replicates[0]]
+            if set(rows["replicate"]) != set(replicates) or len(rows) != len(replicates) * len(first):
+                raise ValueError(
+                    f"Upstream replicate {upstream}: every classifier replicate {replicates.tolist()} must predict the "
+                    f"same {len(first)} test images"
+                )
+            labels.append(first["label"].to_numpy())
+            predicted.append(rows["predicted"].to_numpy().reshape(len(replicates), -1))
+            probabilities.append(rows[columns].to_numpy(dtype=np.float64).reshape(len(replicates), -1, num_classes))
+        return cls(tuple(labels), tuple(predicted), tuple(probabilities))
+
+    @property
+    def replicates(self) -> int:
+        return self.predicted[0].shape[0]
 
     @property
     def units(self) -> int:
-        return self.predicted.shape[0] * self.predicted.shape[1]
+        """Classifiers behind the estimate: upstream replicates x classifier replicates."""
+        return len(self.predicted) * self.replicates
 
 
 def confusion_metric(confusions: np.ndarray, metric: str, minority: Sequence[int] = ()) -> np.ndarray:
@@ -107,9 +116,10 @@ class Bootstrap:
     _confusions: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def draw(cls, labels: np.ndarray, replicates: int, resamples: int, seed: int) -> Bootstrap:
+    def draw(cls, labels: Sequence[np.ndarray], replicates: int, resamples: int, seed: int) -> Bootstrap:
+        """``labels``: per upstream replicate, the true labels of its test images."""
         rng = numpy_rng(seed)
-        upstream = labels.shape[0]
+        upstream = len(labels)
         upstream_counts = rng.multinomial(upstream, np.full(upstream, 1 / upstream), size=resamples)
         replicate_counts = rng.multinomial(replicates, np.full(replicates, 1 / replicates), size=(resamples, upstream))
         weights = upstream_counts[:, :, None] * replicate_counts / (upstream * replicates)
@@ -120,8 +130,8 @@ class Bootstrap:
         """(B, U, R, K, K) every classifier's confusion counts on every draw's test images (computed once)."""
         key = id(predictions)
         if key not in self._confusions:
-            num_classes = predictions.probabilities.shape[-1]
-            upstream, replicates = predictions.predicted.shape[:2]
+            num_classes = predictions.probabilities[0].shape[-1]
+            upstream, replicates = len(predictions.predicted), predictions.replicates
             draws = np.zeros((len(self.unit_weights), upstream, replicates, num_classes, num_classes))
             for unit in range(upstream):
                 pairs = predictions.labels[unit] * num_classes + predictions.predicted[unit]  # (R, N)
@@ -153,11 +163,11 @@ def _stratified_counts(labels: np.ndarray, resamples: int, rng: np.random.Genera
 
 def point_value(predictions: Predictions, metric: str, minority: Sequence[int] = ()) -> np.ndarray:
     """(U, R) the metric of each classifier on its full test set."""
-    num_classes = predictions.probabilities.shape[-1]
-    values = np.zeros(predictions.predicted.shape[:2])
+    num_classes = predictions.probabilities[0].shape[-1]
+    values = np.zeros((len(predictions.predicted), predictions.replicates))
     for unit in range(values.shape[0]):
         for replicate in range(values.shape[1]):
-            pairs = predictions.labels[unit] * num_classes + predictions.predicted[unit, replicate]
+            pairs = predictions.labels[unit] * num_classes + predictions.predicted[unit][replicate]
             confusion = np.bincount(pairs, minlength=num_classes**2).reshape(num_classes, num_classes)
             values[unit, replicate] = confusion_metric(confusion, metric, minority)
     return values
@@ -165,10 +175,10 @@ def point_value(predictions: Predictions, metric: str, minority: Sequence[int] =
 
 def auc_values(predictions: Predictions) -> np.ndarray:
     """(U, R) macro one-vs-rest AUC of each classifier."""
-    values = np.zeros(predictions.predicted.shape[:2])
+    values = np.zeros((len(predictions.predicted), predictions.replicates))
     for unit in range(values.shape[0]):
         for replicate in range(values.shape[1]):
-            per_class = one_vs_rest_auc(predictions.labels[unit], predictions.probabilities[unit, replicate])
+            per_class = one_vs_rest_auc(predictions.labels[unit], predictions.probabilities[unit][replicate])
             values[unit, replicate] = np.nanmean(per_class)
     return values
 
@@ -365,3 +375,46 @@ def estimates(
                 }
             rows.append(row)
     return pd.DataFrame(rows)
+
+
+def analyse(
+    predictions: Mapping[str, pd.DataFrame],
+    histories: Mapping[str, pd.DataFrame],
+    arms: Mapping[str, ScenarioConfig],
+    config: StatisticsConfig,
+    class_names: Sequence[str],
+    minority: Sequence[int],
+    seed: int,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The study's two tables from every arm's test predictions and validation histories (``upstream`` columns
+    optional): the pre-registered contrasts with their verdicts, and every arm's estimates with intervals."""
+    tables = {name: Predictions.from_table(predictions[name], len(class_names)) for name in arms}
+    validation = {name: mean_best_validation(histories[name]) for name in arms}
+    first_name, first = next(iter(tables.items()))
+    for name, table in tables.items():  # pairing needs the same test images and replicates in every arm
+        same = len(table.labels) == len(first.labels) and all(
+            np.array_equal(a, b) for a, b in zip(table.labels, first.labels, strict=False)
+        )
+        if not same or table.replicates != first.replicates:
+            raise ValueError(
+                f"Arm {name!r} was scored on other test images or replicates than arm {first_name!r}: "
+                "the arms of one study must share the test split and the replicate seeds"
+            )
+    bootstrap = Bootstrap.draw(first.labels, first.replicates, config.resamples, seed)
+    contrasts = resolve_contrasts(config, arms, validation)
+    primary = primary_contrasts(tables, contrasts, config, bootstrap, minority)
+    metrics = [*HEADLINE_METRICS, *(f"recall.{index}" for index in range(len(class_names)))]
+    table = estimates(tables, arms, config, bootstrap, metrics, minority)
+    table["metric"] = [
+        f"recall.{class_names[int(metric.split('.', 1)[1])]}" if metric.startswith("recall.") else metric
+        for metric in table["metric"]
+    ]
+    table["validation_f1"] = table["scenario"].map(validation)
+    return primary, table
+
+
+def mean_best_validation(history: pd.DataFrame) -> float:
+    """The mean over (upstream and) classifier replicates of each one's best validation macro-F1: how arms are
+    ranked, never on test."""
+    keys = [column for column in ("upstream", "replicate") if column in history.columns]
+    return float(history.groupby(keys)["val_macro_f1"].max().mean())

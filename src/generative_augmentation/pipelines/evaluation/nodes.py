@@ -15,7 +15,7 @@ from generative_augmentation.core.classifier import ClassifierConfig
 from generative_augmentation.core.evaluation import EvaluationConfig
 from generative_augmentation.core.generative_metrics import quality_table
 from generative_augmentation.core.images import AugmentationConfig, ImageSpec, stack_images
-from generative_augmentation.core.manifest import class_names, resolve_classes, split_arrays, split_rows, train_counts
+from generative_augmentation.core.manifest import class_names, split_arrays, split_rows
 from generative_augmentation.core.metrics import confusion
 from generative_augmentation.core.plots import (
     confusion_matrix_figure,
@@ -28,8 +28,6 @@ from generative_augmentation.core.probe import shortcut_probe
 from generative_augmentation.core.report import ReportInputs, build_report
 from generative_augmentation.core.runtime import derive_seed, numpy_rng
 from generative_augmentation.core.scenarios import ScenarioConfig, StudyConfig, study_scenarios
-
-HEADLINE_METRICS = ("f1", "balanced_accuracy", "auc", "minority_recall", "accuracy", "precision")
 
 
 def train_classifiers(
@@ -90,19 +88,16 @@ def analyse(
     config = StudyConfig.parse(study_parameters)
     arms = study_scenarios(study_parameters, definitions)
     names = class_names(manifest)
-    predictions = {name: study.Predictions.from_table(arm_outputs[f"{name}__predictions"], len(names)) for name in arms}
-    validation = {name: _mean_best_validation(arm_outputs[f"{name}__history"]) for name in arms}
-    minority = [names.index(name) for name in minority_classes(manifest, config)]
-    first = next(iter(predictions.values()))
-    bootstrap = study.Bootstrap.draw(
-        first.labels, first.predicted.shape[1], config.statistics.resamples, derive_seed(seed, "bootstrap")
+    minority = [names.index(name) for name in config.minority_class_names(manifest)]
+    primary, estimates = study.analyse(
+        {name: arm_outputs[f"{name}__predictions"] for name in arms},
+        {name: arm_outputs[f"{name}__history"] for name in arms},
+        arms,
+        config.statistics,
+        names,
+        minority,
+        derive_seed(seed, "bootstrap"),
     )
-    contrasts = study.resolve_contrasts(config.statistics, arms, validation)
-    primary = study.primary_contrasts(predictions, contrasts, config.statistics, bootstrap, minority)
-    metrics = [*HEADLINE_METRICS, *(f"recall.{index}" for index in range(len(names)))]
-    estimates = study.estimates(predictions, arms, config.statistics, bootstrap, metrics, minority)
-    estimates["metric"] = estimates["metric"].map(lambda metric: _readable(metric, names))
-    estimates["validation_f1"] = estimates["scenario"].map(validation)
     mlflow_metrics = {
         f"primary.{row.treatment}_vs_{row.control}.{field}": {"value": float(getattr(row, field)), "step": 0}
         for row in primary.itertuples()
@@ -110,14 +105,6 @@ def analyse(
         if np.isfinite(getattr(row, field))
     }
     return primary, estimates, mlflow_metrics
-
-
-def minority_classes(manifest: pd.DataFrame, config: StudyConfig) -> list[str]:
-    """The classes named in ``study.minority_classes``, else the augmented classes."""
-    counts = train_counts(manifest)
-    if config.minority_classes is not None:
-        return resolve_classes(config.minority_classes, counts, config.parameter("minority_classes"))
-    return resolve_classes(config.augment_classes, counts, config.parameter("augment_classes"))
 
 
 def collect_metrics(
@@ -239,7 +226,7 @@ def write_report(
             split_audit=split_audit,
             confusions=confusions,
             class_names=names,
-            minority=minority_classes(manifest, config),
+            minority=config.minority_class_names(manifest),
             statistics=config.statistics,
             figures=figures,
             quality=generative_quality,
@@ -249,12 +236,3 @@ def write_report(
             replicates=settings.replicates,
         )
     )
-
-
-def _mean_best_validation(history: pd.DataFrame) -> float:
-    """The mean over replicates of each replicate's best validation macro-F1 (how arms are ranked: never on test)."""
-    return float(history.groupby("replicate")["val_macro_f1"].max().mean())
-
-
-def _readable(metric: str, names: list[str]) -> str:
-    return f"recall.{names[int(metric.split('.', 1)[1])]}" if metric.startswith("recall.") else metric
