@@ -13,8 +13,10 @@ from generative_augmentation.core.generation import (
     allocate_proportionally,
     plan_pool,
     pool_sizes,
+    resolve_pool,
 )
 from generative_augmentation.core.runtime import derive_seed
+from generative_augmentation.core.scenarios import ScenarioConfig
 from tests.conftest import study_data
 
 SEED = 7
@@ -48,6 +50,22 @@ def test_pool_size_is_a_multiple_of_the_train_count_times_oversample() -> None:
     assert pool_sizes(COUNTS, ["c1", "c2"], PoolConfig(multiple=4, oversample=1.0)) == {"c1": 24, "c2": 16}
     assert pool_sizes(COUNTS, ["c1", "c2"], PoolConfig(multiple=4, oversample=1.25)) == {"c1": 30, "c2": 20}
     assert pool_sizes(COUNTS, ["c2"], PoolConfig(multiple=0.5, oversample=1.1, cover_balanced=False)) == {"c2": 3}
+
+
+def test_an_auto_pool_holds_what_the_study_draws() -> None:
+    def arms(**kinds: tuple[str, float]) -> dict[str, ScenarioConfig]:
+        return {name: ScenarioConfig(kind=kind, ratio=ratio) for name, (kind, ratio) in kinds.items()}
+
+    auto = PoolConfig(oversample=1.0)
+    x2 = resolve_pool(auto, arms(real=("real", 0.0), s1=("synthetic", 1.0), r2=("reduced_synthetic", 2.0)))
+    assert (x2.multiple, x2.cover_balanced) == (2.0, False)
+    assert pool_sizes(COUNTS, ["c1", "c2"], x2) == {"c1": 12, "c2": 8}
+    balanced = resolve_pool(auto, arms(real=("real", 0.0), b=("balanced", 0.0)))
+    assert (balanced.multiple, balanced.cover_balanced) == (0.0, True)
+    assert pool_sizes(COUNTS, ["c1", "c2"], balanced) == {"c1": 6, "c2": 8}  # the gaps to c0's 12
+    assert resolve_pool(auto, arms(real=("real", 0.0))).multiple == 1.0  # nothing drawn: a pool to look at
+    fixed = resolve_pool(PoolConfig(multiple=4, cover_balanced=False), arms(b=("balanced", 0.0)))
+    assert (fixed.multiple, fixed.cover_balanced) == (4, False)  # explicit settings win
 
 
 def test_the_pool_covers_the_gap_to_the_largest_class_for_the_balanced_scenario() -> None:
@@ -113,8 +131,9 @@ def test_cluster_settings_and_stale_clusters_are_named(manifest: pd.DataFrame) -
 @pytest.mark.parametrize(
     ("values", "message"),
     [
-        ({"pool": {"multiple": 0}}, r"generation.pool.multiple must be positive"),
-        ({"pool": {"multiple": "four"}}, r"generation.pool.multiple must be a number"),
+        ({"pool": {"multiple": -1}}, r"generation.pool.multiple must be at least 0"),
+        ({"pool": {"multiple": "four"}}, r"generation.pool.multiple must be"),
+        ({"pool": {"cover_balanced": "sometimes"}}, r"generation.pool.cover_balanced must be"),
         ({"pool": {"oversample": 0.5}}, r"generation.pool.oversample must be at least 1"),
         ({"classes": ["c1", "retina"]}, r"generation.classes names \['retina'\].*known: \['c0', 'c1', 'c2'\]"),
         ({"classes": []}, r"generation.classes is an empty list"),

@@ -57,6 +57,8 @@ def run(tmp_path: Path, data: tuple[pd.DataFrame, dict], generation: dict[str, A
             "params:generation": MemoryDataset(generation),
             "params:image": MemoryDataset(IMAGE),
             "params:seed": MemoryDataset(seed),
+            "params:study": MemoryDataset({"arms": ["real", "s"], "statistics": {"contrasts": [["s", "real"]]}}),
+            "params:scenarios": MemoryDataset({"real": {"kind": "real"}, "s": {"kind": "synthetic", "ratio": 1.0}}),
             "generator": GeneratorDataset(str(tmp_path / "generator")),
             "generator_training_log": CSVDataset(filepath=str(tmp_path / "training_log.csv")),
             "synthetic_manifest": ParquetDataset(filepath=str(tmp_path / "synthetic_manifest.parquet")),
@@ -83,6 +85,8 @@ def test_the_pipeline_reads_only_real_data_and_parameters() -> None:
         "params:generation",
         "params:image",
         "params:seed",
+        "params:study",
+        "params:scenarios",
     }
 
 

@@ -37,7 +37,7 @@ class EvaluationConfig(Config):
     the report's title and the generative-quality settings."""
 
     where = "evaluation"
-    replicates: int = 16
+    replicates: int = 32
     workers: int | None = None  # classifiers trained at once, one torch thread each (null: the cores available)
     report_title: str = "Synthetic augmentation study"
     quality: QualityConfig = field(default_factory=QualityConfig)

@@ -30,6 +30,7 @@ from generative_augmentation.core.generators import (
 from generative_augmentation.core.images import ImageSpec, stack_images
 from generative_augmentation.core.manifest import class_names, resolve_classes, split_rows, train_counts
 from generative_augmentation.core.runtime import derive_seed, numpy_rng
+from generative_augmentation.core.scenarios import ScenarioConfig, synthetic_needs
 
 logger = logging.getLogger(__name__)
 
@@ -55,13 +56,16 @@ class PoolConfig(Config):
     """How many synthetic images each generated class gets."""
 
     where = "generation.pool"
-    multiple: float = 4.0  # images per class = multiple x the class's real train count ...
+    # images per class = multiple x the class's real train count; auto: the largest ratio of the study's arms
+    multiple: float | Literal["auto"] = "auto"
     balance_to_largest: bool = False  # ... or, when true, the gap to the largest class's train count
-    cover_balanced: bool = True  # never fewer than the gap to the largest class (for the `balanced` scenario)
+    # never fewer than the gap to the largest class (what a `balanced` arm draws); auto: when the study has one
+    cover_balanced: bool | Literal["auto"] = "auto"
     oversample: float = 1.25  # extra share on top, so the pool still covers the ratios after pseudo_labeling drops
 
     def checks(self):
-        yield from self.positive("multiple")
+        if self.multiple != "auto":
+            yield from self.at_least("multiple", minimum=0)  # 0: only the gaps to the largest class
         yield "oversample", self.oversample >= 1, f"must be at least 1 (it only adds images), got {self.oversample}"
 
 
@@ -118,12 +122,17 @@ class GenerationConfig(Config):
 
 
 def plan_pool(
-    manifest: pd.DataFrame, clusters: pd.DataFrame | None, config: GenerationConfig, seed: int
+    manifest: pd.DataFrame,
+    clusters: pd.DataFrame | None,
+    config: GenerationConfig,
+    seed: int,
+    arms: Mapping[str, ScenarioConfig] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Check the settings against the data; return the generator's training set and the pool plan.
 
     The training set is the real TRAIN split only (with each image's cluster when clusters are used); the plan has
-    one row per synthetic image to generate, with its seed derived from ``seed``.
+    one row per synthetic image to generate, with its seed derived from ``seed``. ``arms``: the study's arms, which
+    size an ``auto`` pool.
     """
     kind = config.generator_class
     names = class_names(manifest)
@@ -138,7 +147,7 @@ def plan_pool(
                 f"{config.parameter('min_train_images_per_class')} ({config.min_train_images_per_class}): too few to "
                 "train a generator on. Leave it out of generation.classes or lower the minimum"
             )
-    sizes = pool_sizes(counts, targets, config.pool)
+    sizes = pool_sizes(counts, targets, resolve_pool(config.pool, arms or {}))
     by_cluster = kind.conditions_on_clusters(config.settings) or kind.uses_source_images(config.settings)
     plan = _plan_rows(training_set, sizes, config, seed, by_cluster)
     logger.info("Planned %d synthetic images: %s", len(plan), {name: count for name, count in sizes.items() if count})
@@ -174,6 +183,19 @@ def training_images_table(
     return merged[TRAINING_SET_COLUMNS]
 
 
+def resolve_pool(pool: PoolConfig, arms: Mapping[str, ScenarioConfig]) -> PoolConfig:
+    """``auto`` settings made concrete from what the study's arms draw (see :func:`synthetic_needs`)."""
+    largest_ratio, balanced = synthetic_needs(arms)
+    multiple = pool.multiple
+    if multiple == "auto":
+        multiple = largest_ratio
+        if multiple == 0 and not balanced:
+            multiple = 1.0
+            logger.info("No arm of the study draws synthetic images: the pool is 1x each class, for inspection")
+    cover = balanced if pool.cover_balanced == "auto" else pool.cover_balanced
+    return pool.replace(multiple=multiple, cover_balanced=cover)
+
+
 def pool_sizes(counts: pd.Series, targets: list[str], pool: PoolConfig) -> dict[str, int]:
     """Synthetic images per target class: ``multiple`` x its train count (or the gap to the largest class when
     ``balance_to_largest``), never below that gap with ``cover_balanced``, times ``oversample``, rounded up."""
@@ -187,8 +209,9 @@ def pool_sizes(counts: pd.Series, targets: list[str], pool: PoolConfig) -> dict[
     sizes = {name: math.ceil(round(amount * pool.oversample, 6)) for name, amount in base.items()}
     if sum(sizes.values()) == 0:
         raise ConfigError(
-            "The synthetic pool would hold zero images: with generation.pool.balance_to_largest the generated classes "
-            "already have the largest train count; set it false or list other generation.classes"
+            "The synthetic pool would hold zero images: with generation.pool.multiple 0 or balance_to_largest the "
+            "generated classes already have the largest train count; raise generation.pool.multiple or list other "
+            "generation.classes"
         )
     return sizes
 

@@ -194,6 +194,13 @@ def _check_contrasts(statistics: StatisticsConfig, arms: Mapping[str, ScenarioCo
                 raise ConfigError(f"Parameter {where} names {role!r}, which is not in study.arms {list(arms)}")
 
 
+def synthetic_needs(arms: Mapping[str, ScenarioConfig]) -> tuple[float, bool]:
+    """What the study's arms draw from the pool: the largest synthetic ratio (x the class's real train count), and
+    whether a ``balanced`` arm needs each class's gap to the largest class."""
+    ratios = [spec.ratio for spec in arms.values() if spec.uses_synthetic and spec.kind != "balanced"]
+    return max(ratios, default=0.0), any(spec.kind == "balanced" for spec in arms.values())
+
+
 def assemble(
     spec: ScenarioConfig,
     study: StudyConfig,

@@ -31,15 +31,23 @@ from generative_augmentation.core.generators import Generator
 from generative_augmentation.core.images import ImageSpec, array_to_pil, stack_images
 from generative_augmentation.core.manifest import class_names
 from generative_augmentation.core.plots import loss_curve, real_beside_synthetic
+from generative_augmentation.core.scenarios import study_scenarios
 
 logger = logging.getLogger(__name__)
 
 
 def plan_generation(
-    manifest: pd.DataFrame, clusters: pd.DataFrame | None, generation: dict[str, Any], seed: int
+    manifest: pd.DataFrame,
+    clusters: pd.DataFrame | None,
+    generation: dict[str, Any],
+    seed: int,
+    study: dict[str, Any] | None = None,
+    scenarios: dict[str, Any] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The generator's training set (real train only) and the pool plan, one row per synthetic image."""
-    return plan_pool(manifest, clusters, GenerationConfig.parse(generation), seed)
+    """The generator's training set (real train only) and the pool plan, one row per synthetic image, sized for
+    what the study's arms draw when ``generation.pool`` says auto."""
+    arms = study_scenarios(study, scenarios) if study is not None else None
+    return plan_pool(manifest, clusters, GenerationConfig.parse(generation), seed, arms)
 
 
 def train_generator(

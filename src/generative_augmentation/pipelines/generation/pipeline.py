@@ -10,7 +10,7 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             node(
                 plan_generation,
-                ["manifest", "clusters", "params:generation", "params:seed"],
+                ["manifest", "clusters", "params:generation", "params:seed", "params:study", "params:scenarios"],
                 ["generator_training_set", "synthetic_pool_plan"],
                 name="plan_generation",
             ),
