@@ -17,7 +17,7 @@ from generative_augmentation.core.classifier import (
     train_classifier,
 )
 from generative_augmentation.core.config import ConfigError
-from generative_augmentation.core.images import AugmentationConfig, ImageSpec
+from generative_augmentation.core.images import AugmentationConfig, ImageSpec, to_unit_tensor
 from tests.conftest import class_image
 
 
@@ -131,3 +131,15 @@ def test_records_rebuild_the_classifier_and_local_weights_load(tmp_path: Path) -
 
 def test_balanced_class_weights() -> None:
     assert class_weight_vector(np.array([0, 0, 0, 1]), 3).tolist() == pytest.approx([4 / 9, 4 / 3, 0.0])
+
+
+def test_read_only_images_convert_without_warning_and_keep_values() -> None:
+    images = np.arange(2 * 3 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3, 3)
+    images.flags.writeable = False
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tensor = to_unit_tensor(images)
+    assert tensor.shape == (2, 3, 3, 3)
+    assert torch.allclose(tensor.permute(0, 2, 3, 1) * 255.0, torch.from_numpy(images.copy()).float())

@@ -90,6 +90,21 @@ def test_the_plan_covers_the_minority_classes_with_unique_ids_and_derived_seeds(
     assert not set(other["seed"]) & set(plan["seed"])
 
 
+def test_variation_rows_record_a_train_source_of_their_class_and_a_reproducible_strength(manifest) -> None:
+    sampling = {"mode": "image_to_image", "strength": [0.25, 0.5, 0.75], "class_strength": {"c2": 0.3}}
+    settings = config(pool={"multiple": 3, "oversample": 1.0, "cover_balanced": False}, ddpm={"sampling": sampling})
+    training_set, plan = plan_pool(manifest, None, settings, SEED)
+    sources = plan.merge(training_set, left_on="source_image_id", right_on="image_id", suffixes=("", "_source"))
+    assert len(sources) == len(plan) and (sources["class_name"] == sources["intended_class"]).all()
+    assert sources["source_image_id"].str.startswith("train_").all()
+    per_source = plan[plan["intended_class"] == "c1"].groupby("source_image_id").size()
+    assert len(per_source) == 6 and (per_source == 3).all()  # every c1 train image, three variants each
+    assert set(plan.loc[plan["intended_class"] == "c1", "strength"]) == {0.25, 0.5, 0.75}
+    assert (plan.loc[plan["intended_class"] == "c2", "strength"] == 0.3).all()
+    assert (plan["mode"] == "image_to_image").all()
+    pd.testing.assert_frame_equal(plan, plan_pool(manifest, None, settings, SEED)[1])
+
+
 def test_a_balanced_train_set_generates_every_class(manifest: pd.DataFrame) -> None:
     balanced = manifest[manifest.groupby(["split", "label"]).cumcount() < 4]
     _, plan = plan_pool(balanced, None, config(), SEED)

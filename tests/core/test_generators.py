@@ -97,6 +97,49 @@ def test_guidance_changes_the_samples(trained) -> None:
     assert not np.array_equal(plain, guided)
 
 
+@pytest.mark.parametrize("sampler", ["dpm_solver_sde", "ddpm"])
+def test_sdedit_variations_stay_near_their_source_at_low_strength_and_depend_on_seed_and_source(
+    trained, sampler: str
+) -> None:
+    def variations(strength: float, indices: list[int]) -> np.ndarray:
+        generator = ddpm(ddpm_settings(sampling={"mode": "image_to_image", "sampler": sampler, "strength": strength}))
+        generator.pipeline = trained.pipeline
+        plan = rows([0, 1, 0, 1], [21, 22, 23, 24], generator).iloc[indices]
+        return generator.generate(plan.assign(strength=strength), sources=sources[indices], progress=False)
+
+    rng = np.random.default_rng(0)
+    sources = rng.integers(60, 200, size=(4, SIZE, SIZE, 3), dtype=np.uint8)  # mid-grey noise: neither class
+    near, far = variations(0.02, [0, 1, 2, 3]), variations(1.0, [0, 1, 2, 3])
+    distance = [np.abs(images.astype(int) - sources.astype(int)).mean() for images in (near, far)]
+    assert distance[0] < 16 and distance[1] > 3 * distance[0], distance  # a light touch keeps the source
+    alone = variations(0.5, [2])
+    np.testing.assert_allclose(alone[0].astype(int), variations(0.5, [0, 1, 2, 3])[2].astype(int), atol=1)
+    generator = ddpm(ddpm_settings(sampling={"mode": "image_to_image"}))
+    generator.pipeline = trained.pipeline
+    with pytest.raises(ValueError, match="needs the source images"):
+        generator.generate(rows([0], [1], generator), progress=False)
+
+
+def test_sdedit_strength_settings_are_checked_and_drawn_per_image() -> None:
+    for bad, message in (
+        ({"strength": 0}, r"generation.ddpm.sampling.strength must be in \(0, 1\], got 0"),
+        ({"strength": [0.5, 1.5]}, r"strength must be in \(0, 1\], got \[0.5, 1.5\]"),
+        ({"class_strength": {"white": 2.0}}, r"generation.ddpm.sampling.class_strength.white must be in \(0, 1\]"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            ddpm_settings(sampling={"mode": "image_to_image", **bad})
+    settings = ddpm_settings(
+        sampling={"mode": "image_to_image", "strength": [0.25, 0.75], "class_strength": {"black": 0.3}}
+    )
+    record = generator_class("ddpm").sampling_record(settings, "white")
+    assert record["mode"] == "image_to_image" and record["strength"] == [0.25, 0.75]
+    assert generator_class("ddpm").sampling_record(settings, "black")["strength"] == 0.3
+    assert generator_class("ddpm").uses_source_images(settings)
+    generator_class("ddpm").check(settings, NAMES)
+    with pytest.raises(ValueError, match=r"generation.ddpm.sampling.class_strength names \['grey'\].*known"):
+        generator_class("ddpm").check(ddpm_settings(sampling={"class_strength": {"grey": 0.3}}), NAMES)
+
+
 def test_conditions_encode_class_cluster_pairs_and_refuse_out_of_range_values() -> None:
     np.testing.assert_array_equal(
         condition_indices(np.array([0, 1, 2, 2]), np.array([0, 3, 1, 3]), 3, 4), [0, 7, 9, 11]

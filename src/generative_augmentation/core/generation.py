@@ -243,6 +243,7 @@ def _plan_rows(
     records = {name: kind.sampling_record(config.settings, name) for name in sizes}
     for column in SAMPLING_COLUMNS:
         plan[column] = plan["intended_class"].map(lambda name, column=column: records[name][column])
+    plan["strength"] = _drawn_strengths(plan, records, seed)
     if not kind.uses_source_images(config.settings):
         plan[["source_image_id", "source_image_key"]] = ""
     plan["seed"] = [
@@ -250,6 +251,18 @@ def _plan_rows(
         for name, k in zip(plan["intended_class"], plan["k"], strict=True)
     ]
     return plan.drop(columns="k")[POOL_COLUMNS]
+
+
+def _drawn_strengths(plan: pd.DataFrame, records: Mapping[str, Mapping[str, Any]], seed: int) -> np.ndarray:
+    """Each row's strength: its class's value, or one drawn per image from its class's list (DA-Fusion), seeded
+    by the class and the image's index so one row's strength never depends on the others."""
+    strengths = np.empty(len(plan), dtype=float)
+    for position, (name, image_id) in enumerate(zip(plan["intended_class"], plan["image_id"], strict=True)):
+        value = records[name]["strength"]
+        if isinstance(value, list | tuple):
+            value = numpy_rng(derive_seed(seed, "generation", "strength", image_id)).choice(value)
+        strengths[position] = float(value)
+    return strengths
 
 
 def _group_rows(rows: pd.DataFrame, count: int, seed: int, offset: int, by_cluster: bool) -> pd.DataFrame:

@@ -94,7 +94,9 @@ def stack_images(
 
 def to_unit_tensor(images: np.ndarray) -> torch.Tensor:
     """(N, H, W, C) ``uint8`` → (N, C, H, W) float32 in [0, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255.0)
+    # Read-only arrays (memory-mapped or shared with workers) are copied; torch cannot wrap them.
+    contiguous = np.require(images, requirements=("C", "W"))
+    return torch.from_numpy(contiguous).permute(0, 3, 1, 2).float().div_(255.0)
 
 
 def to_signed_tensor(images: np.ndarray) -> torch.Tensor:

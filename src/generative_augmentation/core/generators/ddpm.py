@@ -28,7 +28,7 @@ from diffusers.training_utils import EMAModel
 from diffusers.utils.torch_utils import randn_tensor
 from tqdm.auto import tqdm
 
-from generative_augmentation.core.config import Config
+from generative_augmentation.core.config import Config, ConfigError
 from generative_augmentation.core.generators.base import Generator, TrainingImages, register
 from generative_augmentation.core.images import from_signed_tensor, to_signed_tensor
 from generative_augmentation.core.runtime import derive_seed, pick_device, seeded, torch_generator
@@ -51,18 +51,36 @@ PIPELINE_FOLDER = "pipeline"
 @dataclass(frozen=True)
 class DDPMSampling(Config):
     """How the pool is sampled: ``dpm_solver_sde`` (SDE-DPM-Solver++), ``dpm_solver`` (DPM-Solver++) or ``ddpm``
-    (1000-step ancestral, slow); ``steps`` for the solvers; classifier-free ``guidance_scale``; images per batch."""
+    (1000-step ancestral, slow); ``steps`` for the solvers; classifier-free ``guidance_scale``; images per batch.
+
+    ``mode: image_to_image`` is SDEdit (the recipe of DA-Fusion and of Real Guidance): a real train image of the
+    class is noised to ``strength`` (0: the image itself, 1: pure noise) and denoised under its class with
+    guidance, over the last ``strength`` share of the schedule. ``strength`` is one value or a list drawn from per
+    image (DA-Fusion: 0.25, 0.5, 0.75, 1.0); ``class_strength`` overrides it per class (Real Guidance: lower for a
+    class with more real images).
+    """
 
     where = "generation.ddpm.sampling"
+    mode: Literal["class_conditional", "image_to_image"] = "class_conditional"
     sampler: Literal["dpm_solver", "dpm_solver_sde", "ddpm"] = "dpm_solver_sde"
     steps: int = 20
     guidance_scale: float = 2.0
+    strength: float | list[float] = 0.5
+    class_strength: dict[str, float | list[float]] = field(default_factory=dict)
     batch_size: int = 32
 
     def checks(self):
         yield from self.at_least("steps")
         yield from self.at_least("guidance_scale", minimum=0)  # 1: no guidance
         yield from self.at_least("batch_size")
+        for name, value in {"strength": self.strength, **self.class_strength}.items():
+            values = value if isinstance(value, list) else [value]
+            where = "strength" if name == "strength" else f"class_strength.{name}"
+            yield where, bool(values) and all(0 < v <= 1 for v in values), f"must be in (0, 1], got {value}"
+
+    def strength_of(self, class_name: str) -> float | list[float]:
+        """The strength (or the strengths to draw from) of ``class_name``'s images."""
+        return self.class_strength.get(class_name, self.strength)
 
 
 @dataclass(frozen=True)
@@ -140,12 +158,17 @@ class ConditionalDDPMPipeline(DiffusionPipeline):
         guidance_scale: float = 2.0,
         batch_size: int = 32,
         progress: bool = True,
+        sources: np.ndarray | None = None,
+        strength: float = 1.0,
     ) -> np.ndarray:
-        """One uint8 image (N, H, W, C) per label; image ``i`` depends only on ``seeds[i]`` (and its condition).
+        """One uint8 image (N, H, W, C) per label; image ``i`` depends only on ``seeds[i]`` (and its condition and
+        source image).
 
         ``dpm_solver`` runs DPM-Solver++, ``dpm_solver_sde`` its stochastic variant (fresh noise at each step from
         the image's own generator), ``ddpm`` ancestral sampling over every training timestep. Guidance:
-        ``eps = eps_uncond + guidance_scale * (eps_cond - eps_uncond)``.
+        ``eps = eps_uncond + guidance_scale * (eps_cond - eps_uncond)``. With ``sources`` (uint8, one per label),
+        SDEdit: each source is noised to the timestep ``strength`` of the way into the schedule and denoised from
+        there, as diffusers' image-to-image pipelines do (``get_timesteps`` and ``add_noise``).
         """
         conditions = self.conditions(labels, clusters)
         seeds = np.asarray(seeds, dtype=np.int64).reshape(-1)
@@ -153,27 +176,60 @@ class ConditionalDDPMPipeline(DiffusionPipeline):
             raise ValueError(f"{len(seeds)} seeds for {len(conditions)} labels: give one seed per image")
         if sampler not in SAMPLERS:
             raise ValueError(f"Unknown sampler {sampler!r}: use one of {', '.join(SAMPLERS)}")
+        if sources is not None and len(sources) != len(conditions):
+            raise ValueError(f"{len(sources)} source images for {len(conditions)} labels: give one per image")
+        if not 0 < strength <= 1:
+            raise ValueError(f"strength must be in (0, 1], got {strength}")
         steps = self.scheduler.config.num_train_timesteps if sampler == "ddpm" else int(num_inference_steps)
         chunks = [slice(start, start + batch_size) for start in range(0, len(conditions), batch_size)]
-        logger.info("Sampling %d images with %s (%d steps, guidance %.2f)", len(seeds), sampler, steps, guidance_scale)
+        what = f"SDEdit at strength {strength:g}" if sources is not None else "from noise"
+        logger.info(
+            "Sampling %d images %s with %s (%d steps, guidance %.2f)", len(seeds), what, sampler, steps, guidance_scale
+        )
         images = []
         with tqdm(total=len(chunks) * steps, desc=f"sampling ({sampler})", disable=not progress) as bar:
             for chunk in chunks:
-                images.append(self._denoise(conditions[chunk], seeds[chunk], sampler, steps, guidance_scale, bar))
+                source = sources[chunk] if sources is not None else None
+                images.append(
+                    self._denoise(
+                        conditions[chunk], seeds[chunk], sampler, steps, guidance_scale, bar, source, strength
+                    )
+                )
         channels, size = self.unet.config.in_channels, self.unet.config.sample_size
         return np.concatenate(images) if images else np.zeros((0, size, size, channels), np.uint8)
 
     def _denoise(
-        self, conditions: np.ndarray, seeds: np.ndarray, sampler: str, steps: int, guidance: float, bar: tqdm
+        self,
+        conditions: np.ndarray,
+        seeds: np.ndarray,
+        sampler: str,
+        steps: int,
+        guidance: float,
+        bar: tqdm,
+        sources: np.ndarray | None = None,
+        strength: float = 1.0,
     ) -> np.ndarray:
         scheduler = self._inference_scheduler(sampler)
         scheduler.set_timesteps(steps, device=self.device)
         generators = [torch_generator(int(seed)) for seed in seeds]  # CPU noise: the same image on any device
         config = self.unet.config
         shape = (len(seeds), config.in_channels, config.sample_size, config.sample_size)
-        sample = randn_tensor(shape, generator=generators, device=self.device) * scheduler.init_noise_sigma
+        noise = randn_tensor(shape, generator=generators, device=self.device)
+        timesteps = scheduler.timesteps
+        if sources is None:
+            sample = noise * scheduler.init_noise_sigma
+        else:
+            # diffusers' image-to-image recipe: skip the first (1 - strength) share of the schedule, then noise the
+            # clean source to the first remaining timestep
+            start = (steps - min(max(int(steps * strength), 1), steps)) * scheduler.order
+            timesteps = timesteps[start:]
+            if hasattr(scheduler, "set_begin_index"):
+                scheduler.set_begin_index(start)
+            clean = to_signed_tensor(sources).to(self.device)
+            sample = scheduler.add_noise(clean, noise, timesteps[:1].repeat(len(seeds)))
+            bar.update(start // scheduler.order)
         condition = torch.as_tensor(conditions, device=self.device)
-        for timestep in scheduler.timesteps:
+        for timestep in timesteps:
             model_input = scheduler.scale_model_input(sample, timestep)
             prediction = self._guided_prediction(model_input, timestep, condition, guidance)
             sample = scheduler.step(prediction, timestep, sample, generator=generators).prev_sample
@@ -249,15 +305,29 @@ class DDPMGenerator(Generator):
         return True
 
     @classmethod
+    def uses_source_images(cls, settings: DDPMSettings) -> bool:
+        return settings.sampling.mode == "image_to_image"
+
+    @classmethod
+    def check(cls, settings: DDPMSettings, class_names: list[str]) -> None:
+        unknown = sorted(set(settings.sampling.class_strength) - set(class_names))
+        if unknown:
+            raise ConfigError(
+                f"Parameter {settings.sampling.parameter('class_strength')} names {unknown}, which the data does not "
+                f"have; known: {class_names}"
+            )
+
+    @classmethod
     def sampling_record(cls, settings: DDPMSettings, class_name: str) -> dict[str, Any]:
         sampling = settings.sampling
         steps = settings.num_train_timesteps if sampling.sampler == "ddpm" else sampling.steps
+        variation = sampling.mode == "image_to_image"
         return {
-            "mode": "class_conditional",
+            "mode": sampling.mode,
             "sampler": sampling.sampler,
             "steps": steps,
             "guidance_scale": sampling.guidance_scale,
-            "strength": float("nan"),
+            "strength": sampling.strength_of(class_name) if variation else float("nan"),
             "prompt": "",
             "negative_prompt": "",
         }
@@ -376,6 +446,9 @@ class DDPMGenerator(Generator):
             raise ValueError("The DDPM generator has not been fitted or loaded")
         self.pipeline.to(pick_device(self.device))
         first = rows.iloc[0]
+        variation = first["mode"] == "image_to_image"
+        if variation and sources is None:
+            raise ValueError("Image-to-image sampling needs the source images of the plan's rows")
         return self.pipeline(
             rows["label"].to_numpy(copy=True),
             rows["seed"].to_numpy(copy=True),
@@ -385,6 +458,8 @@ class DDPMGenerator(Generator):
             guidance_scale=float(first["guidance_scale"]),
             batch_size=self.settings.sampling.batch_size,
             progress=progress,
+            sources=sources if variation else None,
+            strength=float(first["strength"]) if variation else 1.0,
         )
 
     def _save_model(self, folder: Path) -> None:
