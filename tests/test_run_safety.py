@@ -14,11 +14,14 @@ from pathlib import Path
 
 import mlflow
 import pytest
+from kedro.framework.cli.utils import _split_params
 from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
 
 from generative_augmentation.core.config import ConfigError
 from generative_augmentation.run_safety import RUN_LOCK, acquire_lock, release_lock, relocate_mlflow_store
+from generative_augmentation.validation import check_parameters
+from tests.test_configuration import parameters
 from tests.test_project_run import TINY, make_project
 
 QUICK = {**TINY, "study": {"arms": ["real", "traditional"], "statistics": {"contrasts": [["traditional", "real"]]}}}
@@ -42,6 +45,36 @@ def test_a_bad_parameter_stops_the_run_before_any_node(project: Path) -> None:
     with pytest.raises(ConfigError, match=r"Parameter evaluation.replicates must be at least 1, got 0"):
         run(project, {**QUICK, "evaluation": {"replicates": 0}})
     assert not (project / "data/03_primary/manifest.parquet").exists()
+
+
+# `kedro run --params=<these>` on the default environment, and the start of the message the run stops with.
+COMMAND_LINE = [
+    ("image.size=0", r"Parameter image.size must be in \[4, 1024\], got 0$"),
+    ("image.size=-8", r"Parameter image.size must be in \[4, 1024\], got -8$"),
+    ("image.size=100000", r"Parameter image.size must be in \[4, 1024\], got 100000$"),
+    ("image.size=large", r"Parameter image.size must be an integer, got 'large'$"),
+    ("image.size=28.5", r"Parameter image.size must be an integer, got 28.5$"),
+    ("image.size=", r"Parameter image.size is empty \(null\); give an integer$"),
+    ("evaluation.replicates=", r"Parameter evaluation.replicates is empty \(null\); give an integer$"),
+    ("evaluation.replicates=0", r"Parameter evaluation.replicates must be at least 1, got 0$"),
+    ("seed=", r"Parameter seed is empty \(null\); give a non-negative integer$"),
+    ("seed=-1", r"Parameter seed must be a non-negative integer, got -1$"),
+    ("classifier.steps=0", r"Parameter classifier.steps must be at least 1, got 0$"),
+    ("classifier.batch_size=0", r"Parameter classifier.batch_size must be at least 1, got 0$"),
+    ("generation.ddpm.sampling.steps=0", r"Parameter generation.ddpm.sampling.steps must be at least 1, got 0$"),
+    ("generation.ddpm.sampling.batch_size=0", r"Parameter generation.ddpm.sampling.batch_size must be at least 1"),
+    ("generation.ddpm.sampling.guidance_scale=-1", r"Parameter generation.ddpm.sampling.guidance_scale must be at"),
+    ("generation.generator=gan", r"Parameter generation.generator must be one of \['ddpm', 'stable_diffusion'\]"),
+    ("split.cross_split_duplicates=keep", r"Parameter split.cross_split_duplicates must be one of \['fail', 'drop_"),
+    ("study.statistics.contrasts=[]", r"Parameter study.statistics.contrasts is empty"),
+]
+
+
+@pytest.mark.parametrize(("params", "message"), COMMAND_LINE, ids=[params for params, _ in COMMAND_LINE])
+def test_a_bad_value_given_on_the_command_line_is_named(params: str, message: str) -> None:
+    runtime_params = _split_params(None, None, params)  # what `kedro run --params=<params>` hands the session
+    with pytest.raises(ConfigError, match=message):
+        check_parameters(parameters("retinamnist", runtime_params))
 
 
 def test_an_unknown_environment_is_named(project: Path) -> None:

@@ -38,6 +38,8 @@ def check_parameters(parameters: Mapping[str, Any]) -> dict[str, Config]:
     """Parse every block (and the classifier overrides of the labeler and the feature extractor); the first bad
     value raises ``ConfigError`` naming it. Returns the parsed blocks."""
     seed = parameters.get("seed")
+    if seed is None:  # `seed:` in YAML, or `--params=seed=` on the command line
+        raise ConfigError("Parameter seed is empty (null); give a non-negative integer")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ConfigError(f"Parameter seed must be a non-negative integer, got {seed!r}")
     parsed = {name: config.parse(parameters.get(name), name) for name, config in PARAMETER_BLOCKS.items()}

@@ -61,6 +61,9 @@ def test_values_are_converted_by_their_annotation_and_defaults_fill_the_rest() -
         ({"name": "x", "inner": {"extra": 1}}, r"Unknown parameter\(s\) outer.inner.extra"),
         ({"name": "x", "inner": 3}, r"outer.inner must be a mapping of settings, got 3"),
         ({"name": "x", "switch": "sometimes"}, r"outer.switch"),
+        ({"name": "x", "steps": None}, r"Parameter outer.steps is empty \(null\); give an integer"),
+        ({"name": None}, r"Parameter outer.name is empty \(null\); give a string"),
+        ({"name": "x", "inner": {"rate": None}}, r"Parameter outer.inner.rate is empty \(null\); give a number"),
     ],
 )
 def test_bad_values_are_refused_naming_the_full_parameter(values: dict, message: str) -> None:

@@ -105,10 +105,12 @@ def test_variation_rows_record_a_train_source_of_their_class_and_a_reproducible_
     pd.testing.assert_frame_equal(plan, plan_pool(manifest, None, settings, SEED)[1])
 
 
-def test_a_balanced_train_set_generates_every_class(manifest: pd.DataFrame) -> None:
+def test_a_balanced_train_set_generates_every_class(manifest: pd.DataFrame, caplog) -> None:
     balanced = manifest[manifest.groupby(["split", "label"]).cumcount() < 4]
-    _, plan = plan_pool(balanced, None, config(), SEED)
+    with caplog.at_level("INFO"):
+        _, plan = plan_pool(balanced, None, config(), SEED)
     assert sorted(plan["intended_class"].unique()) == ["c0", "c1", "c2"]
+    assert "The train split is balanced (4 images per class): no class is a minority" in caplog.text
 
 
 def test_shares_are_proportional_with_largest_remainder_rounding() -> None:

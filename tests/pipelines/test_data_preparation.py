@@ -155,13 +155,15 @@ def test_group_split_never_splits_a_group() -> None:
 # --- bad inputs: they fail here, before any long work, naming what is at fault ------------------------------------
 
 
-def test_label_outside_the_selected_classes_is_ignored(tiny_npz: Path) -> None:
+def test_label_outside_the_selected_classes_is_ignored(tiny_npz: Path, caplog) -> None:
     with np.load(tiny_npz) as archive:
         values = {key: archive[key] for key in archive.files}
     values["train_labels"][0] = 7
     np.savez(tiny_npz, **values)
-    manifest, *_ = prepare(tiny_npz, "medmnist_npz", classes=["0", "1", "2"], split={"use_official": True})
+    with caplog.at_level("INFO"):
+        manifest, *_ = prepare(tiny_npz, "medmnist_npz", classes=["0", "1", "2"], split={"use_official": True})
     assert set(manifest["class_code"]) == {"0", "1", "2"} and len(manifest) == 75
+    assert "Ignored 1 image(s) of class(es) ['7'], not in dataset.classes" in caplog.text
 
 
 def test_png_with_jpg_name_is_decoded(tiny_odir: Path) -> None:

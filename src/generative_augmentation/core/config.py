@@ -169,9 +169,14 @@ def _convert(value: Any, annotation: Any, parameter: str) -> Any:  # noqa: PLR09
     return _scalar(value, annotation, parameter)
 
 
+_EXPECTED = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
 def _scalar(value: Any, annotation: Any, parameter: str) -> Any:
     if annotation is Any:
         return value
+    if value is None and annotation in _EXPECTED:  # `key:` in YAML, or `--params=key=` on the command line
+        raise ConfigError(f"Parameter {parameter} is empty (null); give {_EXPECTED[annotation]}")
     if annotation is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"Parameter {parameter} must be true or false, got {value!r}")

@@ -140,6 +140,11 @@ def plan_pool(
     training_set = training_images_table(manifest, clusters, config.use_clusters)
     counts = train_counts(manifest)
     targets = resolve_classes(config.classes, counts, config.parameter("classes"))
+    if config.classes is None and counts.nunique() == 1:
+        logger.info(
+            "The train split is balanced (%d images per class): no class is a minority, every class is generated",
+            counts.iloc[0],
+        )
     for name in targets:
         if counts[name] < config.min_train_images_per_class:
             raise ConfigError(
