@@ -105,6 +105,19 @@ def test_variation_rows_record_a_train_source_of_their_class_and_a_reproducible_
     pd.testing.assert_frame_equal(plan, plan_pool(manifest, None, settings, SEED)[1])
 
 
+def test_an_every_class_arm_makes_the_pool_cover_every_class(manifest: pd.DataFrame) -> None:
+    arms = {"s": ScenarioConfig(kind="synthetic", ratio=1.0, every_class=True)}
+    _, plan = plan_pool(manifest, None, config(pool={"multiple": "auto"}), SEED, arms)
+    counts = manifest[manifest["split"] == "train"].groupby("class_name").size()
+    planned = plan.groupby("intended_class").size()
+    assert set(planned.index) == set(counts.index)
+    assert (planned >= counts).all()  # ratio 1: at least each class's own train count (before oversampling)
+    _, minority_only = plan_pool(
+        manifest, None, config(pool={"multiple": "auto"}), SEED, {"s": ScenarioConfig(kind="synthetic", ratio=1.0)}
+    )
+    assert set(minority_only["intended_class"]) < set(counts.index)
+
+
 def test_a_balanced_train_set_generates_every_class(manifest: pd.DataFrame, caplog) -> None:
     balanced = manifest[manifest.groupby(["split", "label"]).cumcount() < 4]
     with caplog.at_level("INFO"):

@@ -126,6 +126,31 @@ def test_a_scenario_may_name_its_own_classes_and_the_summary_counts_origins(mani
     assert summary.iloc[0][["train_size", "n_real", "n_synthetic", "n_duplicate"]].tolist() == [36, 32, 4, 0]
 
 
+def test_every_class_gives_every_class_the_same_synthetic_share(manifest, labeled_synthetic) -> None:
+    pool = pd.concat(
+        [
+            labeled_synthetic,
+            pd.DataFrame(
+                {
+                    "image_id": [f"syn_a_{i:03d}" for i in range(40)],
+                    "image_key": [f"a/syn_a_{i:03d}" for i in range(40)],
+                    "verdict": "keep",
+                    "final_class": "a",
+                    "final_label": 0,
+                }
+            ),
+        ],
+        ignore_index=True,
+    )
+    table = assemble(spec("synthetic", 1.5, every_class=True), STUDY, manifest, 0, pool)
+    by_origin = table.groupby(["class_name", "origin"]).size().unstack()
+    assert by_origin["synthetic"].to_dict() == {"a": 30, "b": 12, "c": 6}  # the dominant class 'a' too
+    share = by_origin["synthetic"] / by_origin.sum(axis=1)
+    assert np.allclose(share, 0.6)  # 1.5 / 2.5 in every class: being synthetic says nothing about the label
+    with pytest.raises(ValueError, match=r"needs 30 kept synthetic images of class 'a' but the filtered pool has 0"):
+        assemble(spec("synthetic", 1.5, every_class=True), STUDY, manifest, 0, labeled_synthetic)
+
+
 def test_missing_inputs_and_a_small_pool_are_named(manifest, labeled_synthetic) -> None:
     with pytest.raises(ValueError, match=r"needs 40 kept synthetic images of class 'b' but the filtered pool has 32"):
         assemble(spec("synthetic", 5.0), STUDY, manifest, 0, labeled_synthetic)
@@ -152,6 +177,16 @@ def test_missing_inputs_and_a_small_pool_are_named(manifest, labeled_synthetic) 
         ({"real": {"kind": "real"}}, ["real", "absent"], r"study.arms names \['absent'\], which are not defined"),
         ({"real": {"kind": "real"}}, [], r"study.arms is empty"),
         ({"x1.5": {"kind": "real"}}, ["x1.5"], r"not Python identifiers \(write synthetic_x1p5"),
+        (
+            {"bad": {"kind": "balanced", "every_class": True}},
+            ["bad"],
+            r"scenarios.bad.every_class applies to the kinds",
+        ),
+        (
+            {"bad": {"kind": "synthetic", "ratio": 1.0, "every_class": True, "classes": ["b"]}},
+            ["bad"],
+            r"scenarios.bad.every_class and classes exclude each other",
+        ),
     ],
 )
 def test_bad_study_parameters_are_refused(scenarios: dict, arms: list, message: str) -> None:

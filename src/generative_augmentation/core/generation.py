@@ -140,7 +140,10 @@ def plan_pool(
     training_set = training_images_table(manifest, clusters, config.use_clusters)
     counts = train_counts(manifest)
     targets = resolve_classes(config.classes, counts, config.parameter("classes"))
-    if config.classes is None and counts.nunique() == 1:
+    if config.classes is None and synthetic_needs(arms or {})[2]:
+        targets = [str(name) for name in counts.index]
+        logger.info("An arm of the study sets every_class (no synthetic shortcut): every class is generated")
+    elif config.classes is None and counts.nunique() == 1:
         logger.info(
             "The train split is balanced (%d images per class): no class is a minority, every class is generated",
             counts.iloc[0],
@@ -190,7 +193,7 @@ def training_images_table(
 
 def resolve_pool(pool: PoolConfig, arms: Mapping[str, ScenarioConfig]) -> PoolConfig:
     """``auto`` settings made concrete from what the study's arms draw (see :func:`synthetic_needs`)."""
-    largest_ratio, balanced = synthetic_needs(arms)
+    largest_ratio, balanced, _ = synthetic_needs(arms)
     multiple = pool.multiple
     if multiple == "auto":
         multiple = largest_ratio

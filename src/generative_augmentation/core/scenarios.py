@@ -16,7 +16,10 @@ Kinds:
   images of the scenario it ``controls`` (a control for "more images" and "other class priors").
 
 Any scenario may set ``augment: true`` (ordinary augmentation on the fly, for synthetic images too) and its own
-``classes``.
+``classes``. A ``synthetic`` or ``reduced_synthetic`` scenario with ``every_class: true`` gives every class, the
+dominant ones included, ``ratio`` x its real count: the synthetic share is then the same in every class, so "looks
+synthetic" says nothing about the label (no synthetic shortcut; the study's real-vs-synthetic probe shows whether
+the images are told apart at all).
 """
 
 from __future__ import annotations
@@ -57,9 +60,18 @@ class ScenarioConfig(Config):
     # DA-Fusion's mixing: each batch slot is a synthetic image with this probability; null: the synthetic images
     # are simply part of the training set (concatenation).
     synthetic_probability: float | None = None
+    # No synthetic shortcut: every class (dominant ones included) gets ratio x its real count of synthetic images.
+    every_class: bool = False
 
     def checks(self):
         yield from self.within("synthetic_probability", 0, 1, open_low=True, open_high=True)
+        if self.every_class:
+            yield (
+                "every_class",
+                self.kind in USES_RATIO,
+                f"applies to the kinds that add ratio x each class's count {sorted(USES_RATIO)}, not {self.kind!r}",
+            )
+            yield "every_class", self.classes is None, "and classes exclude each other: every_class means all classes"
         if self.synthetic_probability is not None:
             yield (
                 "synthetic_probability",
@@ -194,11 +206,13 @@ def _check_contrasts(statistics: StatisticsConfig, arms: Mapping[str, ScenarioCo
                 raise ConfigError(f"Parameter {where} names {role!r}, which is not in study.arms {list(arms)}")
 
 
-def synthetic_needs(arms: Mapping[str, ScenarioConfig]) -> tuple[float, bool]:
-    """What the study's arms draw from the pool: the largest synthetic ratio (x the class's real train count), and
-    whether a ``balanced`` arm needs each class's gap to the largest class."""
+def synthetic_needs(arms: Mapping[str, ScenarioConfig]) -> tuple[float, bool, bool]:
+    """What the study's arms draw from the pool: the largest synthetic ratio (x the class's real train count),
+    whether a ``balanced`` arm needs each class's gap to the largest class, and whether an ``every_class`` arm needs
+    synthetic images of every class, the dominant ones included."""
     ratios = [spec.ratio for spec in arms.values() if spec.uses_synthetic and spec.kind != "balanced"]
-    return max(ratios, default=0.0), any(spec.kind == "balanced" for spec in arms.values())
+    balanced = any(spec.kind == "balanced" for spec in arms.values())
+    return max(ratios, default=0.0), balanced, any(spec.every_class for spec in arms.values())
 
 
 def assemble(
@@ -243,7 +257,9 @@ def real_training_rows(manifest: pd.DataFrame) -> pd.DataFrame:
 
 def synthetic_counts(spec: ScenarioConfig, study: StudyConfig, counts: pd.Series) -> dict[str, int]:
     """Synthetic images per augmented class of a synthetic-kind scenario."""
-    if spec.classes is not None:
+    if spec.every_class:
+        classes = [str(name) for name in counts.index]
+    elif spec.classes is not None:
         classes = resolve_classes(spec.classes, counts, spec.parameter("classes"))
     else:
         classes = resolve_classes(study.augment_classes, counts, study.parameter("augment_classes"))

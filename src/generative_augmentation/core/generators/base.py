@@ -121,25 +121,9 @@ class Generator(ABC):
     def _sample(self, rows: pd.DataFrame, sources: np.ndarray | None, progress: bool) -> np.ndarray:
         """uint8 images of ``rows``, which share their sampling settings, at the working resolution."""
 
-    def fingerprint(self) -> str:
-        """What identifies this fitted generator: its kind, settings, classes, seed and training record."""
-        record = {
-            "kind": self.kind,
-            "settings": self.settings.to_dict(),
-            "image": self.image.to_dict(),
-            "class_names": self.class_names,
-            "num_clusters": self.num_clusters,
-            "seed": self.seed,
-            "loss_history": self.training.get("loss_history", []),
-        }
-        return hashlib.sha1(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16]
-
-    def save(self, folder: str | Path) -> Path:
-        """Write the generator into ``folder``: :data:`RECORD_FILE` and the kind's own files."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        self._save_model(folder)
-        record = {
+    def record(self) -> dict[str, Any]:
+        """What the generator's folder records besides its weights: kind, settings, classes, seed, training."""
+        return {
             "kind": self.kind,
             "settings": self.settings.to_dict(),
             "image": self.image.to_dict(),
@@ -148,7 +132,19 @@ class Generator(ABC):
             "seed": self.seed,
             "training": self.training,
         }
-        (folder / RECORD_FILE).write_text(json.dumps(record, indent=2))
+
+    def fingerprint(self) -> str:
+        """What identifies this fitted generator: its kind, settings, classes, seed and training record."""
+        record = {key: value for key, value in self.record().items() if key != "training"}
+        record["loss_history"] = self.training.get("loss_history", [])
+        return hashlib.sha1(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16]
+
+    def save(self, folder: str | Path) -> Path:
+        """Write the generator into ``folder``: :data:`RECORD_FILE` and the kind's own files."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self._save_model(folder)
+        (folder / RECORD_FILE).write_text(json.dumps(self.record(), indent=2))
         logger.info("Saved the %s generator to %s", self.kind, folder)
         return folder
 
