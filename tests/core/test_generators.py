@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from generative_augmentation.core.generators import GENERATORS, TrainingImages, generator_class, load_generator
-from generative_augmentation.core.generators.ddpm import DDPMSettings, condition_indices
+from generative_augmentation.core.generators.ddpm import DDPMSettings, condition_indices, min_snr_weights
 from generative_augmentation.core.generators.stable_diffusion import StableDiffusionSettings
 from generative_augmentation.core.images import ImageSpec
 from generative_augmentation.core.training import Checkpointer, latest_checkpoint
@@ -76,6 +76,35 @@ def test_ddpm_training_loss_falls_and_the_classes_come_out_apart(trained) -> Non
     images = trained.generate(rows([0, 0, 1, 1], [1, 2, 3, 4], trained), progress=False)
     assert images.shape == (4, SIZE, SIZE, 3) and images.dtype == np.uint8
     assert images[2:].mean() > images[:2].mean() + 60  # white class brighter than black class
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+def test_min_snr_weights_cap_the_signal_to_noise_ratio_at_gamma(prediction_type: str) -> None:
+    from diffusers import DDPMScheduler
+
+    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
+    timesteps = torch.tensor([0, 100, 500, 999])
+    alphas = scheduler.alphas_cumprod[timesteps].double()
+    snr = alphas / (1 - alphas)  # SNR(t) = alpha_bar / (1 - alpha_bar)
+    capped = torch.minimum(snr, torch.tensor(5.0, dtype=torch.float64))
+    expected = {"epsilon": capped / snr, "v_prediction": capped / (snr + 1), "sample": capped}[prediction_type]
+    settings = ddpm_settings(snr_gamma=5.0, prediction_type=prediction_type)
+    weights = min_snr_weights(scheduler, timesteps, settings).double()
+    assert torch.allclose(weights, expected, rtol=1e-4)
+    assert snr[0] > 5 > snr[-1]  # both sides of the cap are exercised
+    if prediction_type == "epsilon":
+        assert weights[-1] == pytest.approx(1.0) and weights[0] < 0.01  # noisy steps whole, easy steps damped
+
+
+def test_min_snr_weighting_trains_and_changes_the_weights_learnt() -> None:
+    plain = ddpm(ddpm_settings(train_steps=4))
+    plain.fit(two_tone(), progress=False)
+    weighted = ddpm(ddpm_settings(train_steps=4, snr_gamma=5.0))
+    weighted.fit(two_tone(), progress=False)
+    assert np.isfinite(weighted.training["loss_history"]).all()
+    assert weighted.training["loss_history"] != plain.training["loss_history"]
+    with pytest.raises(ValueError, match=r"generation.ddpm.snr_gamma must be positive, got 0"):
+        ddpm_settings(snr_gamma=0.0)
 
 
 @pytest.mark.parametrize("sampler", ["dpm_solver", "dpm_solver_sde", "ddpm"])

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler, DiffusionPipeline, DPMSolverMultistepScheduler, UNet2DModel
 from diffusers.optimization import get_cosine_schedule_with_warmup
-from diffusers.training_utils import EMAModel
+from diffusers.training_utils import EMAModel, compute_snr
 from diffusers.utils.torch_utils import randn_tensor
 from tqdm.auto import tqdm
 
@@ -103,6 +103,9 @@ class DDPMSettings(Config):
     beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid"] = "squaredcos_cap_v2"
     prediction_type: Literal["epsilon", "v_prediction", "sample"] = "v_prediction"
     horizontal_flip: bool = False
+    # Min-SNR-gamma loss weighting (Hang et al., ICCV 2023; diffusers' training examples use 5.0): each timestep's
+    # loss weighed by min(SNR, gamma), so the many easy low-noise steps do not dominate. null: the plain mean.
+    snr_gamma: float | None = None
     checkpoint_every: int = 500
     mixed_precision: bool = True
     sampling: DDPMSampling = field(default_factory=DDPMSampling)
@@ -120,6 +123,8 @@ class DDPMSettings(Config):
         yield from self.at_least("warmup_steps", minimum=0)
         yield from self.within("ema_decay", 0, 1, open_high=True)
         yield from self.within("cond_dropout", 0, 1, open_high=True)
+        if self.snr_gamma is not None:
+            yield from self.positive("snr_gamma")
 
 
 RESUMABLE_FIELDS = ("train_steps", "checkpoint_every", "mixed_precision", "sampling")
@@ -288,6 +293,24 @@ def _check_range(name: str, values: np.ndarray, upper: int) -> None:
         raise ValueError(f"{name} values must be in [0, {upper}); got {sorted(set(outside.tolist()))[:10]}")
 
 
+def per_image_mse(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The mean squared error of each image of a batch."""
+    return F.mse_loss(prediction.float(), target.float(), reduction="none").flatten(1).mean(dim=1)
+
+
+def min_snr_weights(noise_scheduler: DDPMScheduler, timesteps: torch.Tensor, settings: DDPMSettings) -> torch.Tensor:
+    """Min-SNR-gamma weights per image, as diffusers' train_text_to_image example computes them: min(SNR, gamma),
+    divided by SNR for an epsilon target and by SNR + 1 for a velocity target, so that each target's loss weighs
+    the implied clean-image error by min(SNR, gamma)."""
+    snr = compute_snr(noise_scheduler, timesteps)
+    weights = torch.clamp(snr, max=settings.snr_gamma)
+    if settings.prediction_type == "epsilon":
+        return weights / snr
+    if settings.prediction_type == "v_prediction":
+        return weights / (snr + 1)
+    return weights
+
+
 @register
 class DDPMGenerator(Generator):
     """The pixel DDPM behind the generator interface (CPU-friendly at 28-64 px)."""
@@ -439,7 +462,9 @@ class DDPMGenerator(Generator):
             target = noise_scheduler.get_velocity(clean, noise, timesteps)
         else:
             target = clean
-        return F.mse_loss(prediction.float(), target.float())
+        if settings.snr_gamma is None:
+            return F.mse_loss(prediction.float(), target.float())
+        return (per_image_mse(prediction, target) * min_snr_weights(noise_scheduler, timesteps, settings)).mean()
 
     def _sample(self, rows: pd.DataFrame, sources: np.ndarray | None, progress: bool) -> np.ndarray:
         if self.pipeline is None:
