@@ -13,8 +13,11 @@ from generative_augmentation.core.classifier import (
     class_weight_vector,
     classifier_from_record,
     classifier_record,
+    mixed_batches,
+    phased_batches,
     predict_proba,
     train_classifier,
+    weighted_cross_entropy,
 )
 from generative_augmentation.core.config import ConfigError
 from generative_augmentation.core.images import AugmentationConfig, ImageSpec, to_unit_tensor
@@ -143,3 +146,70 @@ def test_read_only_images_convert_without_warning_and_keep_values() -> None:
         tensor = to_unit_tensor(images)
     assert tensor.shape == (2, 3, 3, 3)
     assert torch.allclose(tensor.permute(0, 2, 3, 1) * 255.0, torch.from_numpy(images.copy()).float())
+
+
+SYNTHETIC = np.array([False] * 6 + [True] * 4)  # rows 0-5 real, 6-9 synthetic
+
+
+def test_mixed_batches_draw_synthetic_rows_with_the_given_probability_and_repeat_by_seed() -> None:
+    sample = mixed_batches(SYNTHETIC, 0.25, batch_size=4, seed=3)
+    drawn = np.concatenate([sample(step) for step in range(500)])
+    assert 0.2 < SYNTHETIC[drawn].mean() < 0.3
+    again = mixed_batches(SYNTHETIC, 0.25, batch_size=4, seed=3)
+    assert all(np.array_equal(sample(step), again(step)) for step in range(20))
+    with pytest.raises(ValueError, match="needs both real and synthetic"):
+        mixed_batches(np.zeros(5, dtype=bool), 0.5, 4, 0)
+
+
+def test_phased_batches_pretrain_on_synthetic_rows_then_fine_tune_on_real_rows() -> None:
+    sample = phased_batches(SYNTHETIC, pretrain_steps=5, batch_size=4, seed=1)
+    early = np.concatenate([sample(step) for step in range(5)])
+    late = np.concatenate([sample(step) for step in range(5, 40)])
+    assert SYNTHETIC[early].all() and not SYNTHETIC[late].any()
+    assert set(late) == set(range(6)) and set(early) == set(range(6, 10))  # every row of each kind is used
+    with pytest.raises(ValueError, match="needs both real and synthetic"):
+        phased_batches(np.ones(5, dtype=bool), 2, 4, 0)
+
+
+def test_row_weights_scale_each_image_loss_on_top_of_class_weights() -> None:
+    logits = torch.tensor([[2.0, 0.0], [0.0, 2.0], [1.0, 1.0]])
+    labels = torch.tensor([0, 0, 1])
+    per_image = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
+    class_weights = torch.tensor([1.0, 3.0])
+    assert torch.allclose(
+        weighted_cross_entropy(logits, labels, class_weights, None),
+        torch.nn.functional.cross_entropy(logits, labels, weight=class_weights),
+    )
+    rows = torch.tensor([1.0, 0.5, 0.0])  # the last image (class 1) does not count at all
+    expected = (per_image[0] * 1.0 + per_image[1] * 0.5) / 1.5
+    assert torch.allclose(weighted_cross_entropy(logits, labels, class_weights, rows), expected)
+
+
+def test_row_weights_of_one_change_nothing_and_other_weights_change_training() -> None:
+    train, val = easy_data(8), easy_data(3, seed=1)
+    config = ClassifierConfig(steps=6, eval_every=3, batch_size=24, patience=100)
+    plain = train_classifier(train, val, config, 3, seed=0, progress=False)[1]
+    ones = train_classifier(train, val, config, 3, seed=0, progress=False, row_weights=np.ones(24))[1]
+    assert np.allclose(plain.losses, ones.losses, rtol=1e-6)
+    lighter = np.where(train[1] == 2, 0.1, 1.0)
+    weighted = train_classifier(train, val, config, 3, seed=0, progress=False, row_weights=lighter)[1]
+    assert not np.allclose(plain.losses, weighted.losses)
+    with pytest.raises(ValueError, match="3 row weights for 24 training images"):
+        train_classifier(train, val, config, 3, seed=0, progress=False, row_weights=np.ones(3))
+
+
+def test_an_arm_recipe_picks_its_batches_and_loss_weights() -> None:
+    from generative_augmentation.core.evaluation import synthetic_use
+    from generative_augmentation.core.scenarios import ScenarioConfig
+
+    config = ClassifierConfig(steps=10, batch_size=4)
+    assert synthetic_use(ScenarioConfig(kind="synthetic", ratio=1.0), SYNTHETIC, config, 10, 0) == (None, None)
+    assert synthetic_use(None, SYNTHETIC, config, 10, 0) == (None, None)
+    recipe = ScenarioConfig(kind="synthetic", ratio=1.0, pretrain_share=0.3, synthetic_loss_weight=0.5)
+    batches, weights = synthetic_use(recipe, SYNTHETIC, config, 10, 0)
+    assert SYNTHETIC[batches(2)].all() and not SYNTHETIC[batches(3)].any()  # 3 of the 10 steps pre-train
+    assert weights.tolist() == [1.0] * 6 + [0.5] * 4
+    mixed, _ = synthetic_use(
+        ScenarioConfig(kind="synthetic", ratio=1.0, synthetic_probability=0.5), SYNTHETIC, config, 10, 0
+    )
+    assert SYNTHETIC[np.concatenate([mixed(step) for step in range(50)])].any()

@@ -187,6 +187,27 @@ def test_missing_inputs_and_a_small_pool_are_named(manifest, labeled_synthetic) 
             ["bad"],
             r"scenarios.bad.every_class and classes exclude each other",
         ),
+        ({"bad": {"kind": "real", "pretrain_share": 0.5}}, ["bad"], r"scenarios.bad.pretrain_share applies to arms"),
+        (
+            {"bad": {"kind": "synthetic", "ratio": 1, "pretrain_share": 1.0}},
+            ["bad"],
+            r"pretrain_share must be in \(0, 1\)",
+        ),
+        (
+            {"bad": {"kind": "synthetic", "ratio": 1, "pretrain_share": 0.5, "synthetic_probability": 0.5}},
+            ["bad"],
+            r"scenarios.bad.pretrain_share and synthetic_probability exclude each other",
+        ),
+        (
+            {"bad": {"kind": "synthetic", "ratio": 1, "synthetic_loss_weight": 0}},
+            ["bad"],
+            r"synthetic_loss_weight must be positive",
+        ),
+        (
+            {"bad": {"kind": "traditional", "synthetic_loss_weight": 0.5}},
+            ["bad"],
+            r"synthetic_loss_weight applies to arms",
+        ),
     ],
 )
 def test_bad_study_parameters_are_refused(scenarios: dict, arms: list, message: str) -> None:

@@ -231,6 +231,36 @@ def mixed_batches(synthetic: np.ndarray, probability: float, batch_size: int, se
     return sample
 
 
+def weighted_cross_entropy(
+    logits: torch.Tensor, labels: torch.Tensor, class_weights: torch.Tensor | None, row_weights: torch.Tensor | None
+) -> torch.Tensor:
+    """Cross-entropy averaged with class weights (as ``F.cross_entropy(weight=...)`` does) times row weights."""
+    if row_weights is None:
+        return F.cross_entropy(logits, labels, weight=class_weights)
+    losses = F.cross_entropy(logits, labels, reduction="none")
+    weights = row_weights if class_weights is None else row_weights * class_weights[labels]
+    return (losses * weights).sum() / weights.sum().clamp_min(1e-12)
+
+
+def phased_batches(
+    synthetic: np.ndarray, pretrain_steps: int, batch_size: int, seed: int
+) -> Callable[[int], np.ndarray]:
+    """A batch sampler that draws synthetic rows only for the first ``pretrain_steps`` steps, real rows only after
+    (pre-train on synthetic, fine-tune on real); each kind cycles through seeded epochs of its own."""
+    synthetic_rows, real_rows = np.flatnonzero(synthetic), np.flatnonzero(~synthetic)
+    if not len(synthetic_rows) or not len(real_rows):
+        raise ValueError("Pre-training on synthetic images needs both real and synthetic training images")
+
+    def sample(step: int) -> np.ndarray:
+        if step < pretrain_steps:
+            size = min(batch_size, len(synthetic_rows))
+            return synthetic_rows[batch_indices(derive_seed(seed, "synthetic"), step, size, len(synthetic_rows))]
+        size = min(batch_size, len(real_rows))
+        return real_rows[batch_indices(derive_seed(seed, "real"), step - pretrain_steps, size, len(real_rows))]
+
+    return sample
+
+
 def train_classifier(
     train: tuple[np.ndarray, np.ndarray],
     val: tuple[np.ndarray, np.ndarray],
@@ -241,12 +271,14 @@ def train_classifier(
     progress: bool = True,
     description: str = "classifier",
     batches: Callable[[int], np.ndarray] | None = None,
+    row_weights: np.ndarray | None = None,
 ) -> tuple[ImageClassifier, TrainingResult]:
     """Train ``config.steps`` AdamW steps (cosine decay) on ``train``; keep the best weights on ``val``.
 
     Every random choice (initialisation, batches, dropout, augmentation) comes from ``seed``. With ``augmentation``
     every training image is transformed on the fly (ordinary flips, rotations, jitter, crops). ``batches(step)``
-    gives the rows of a step's batch (default: seeded epochs over the whole training set).
+    gives the rows of a step's batch (default: seeded epochs over the whole training set). ``row_weights`` weigh
+    each training image's loss (on top of the class weights; e.g. synthetic images weighed down).
     """
     train_images, train_labels = train
     if len(train_labels) == 0 or len(val[1]) == 0:
@@ -260,6 +292,9 @@ def train_classifier(
     images = to_unit_tensor(train_images)
     labels = torch.tensor(np.asarray(train_labels), dtype=torch.long)
     weights = class_weight_vector(np.asarray(train_labels), num_classes).to(device) if config.class_weights else None
+    if row_weights is not None and len(row_weights) != len(train_labels):
+        raise ValueError(f"{len(row_weights)} row weights for {len(train_labels)} training images")
+    per_row = None if row_weights is None else torch.tensor(np.asarray(row_weights), dtype=torch.float32)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.steps)
     transform = augmentation.transform(image_size) if augmentation is not None else None
@@ -275,7 +310,12 @@ def train_classifier(
         with seeded(derive_seed(seed, "step", step)):  # dropout and augmentation draws
             if transform is not None:
                 batch = torch.stack([transform(image) for image in batch])
-            loss = F.cross_entropy(model(batch.to(device)), labels[indices].to(device), weight=weights)
+            loss = weighted_cross_entropy(
+                model(batch.to(device)),
+                labels[indices].to(device),
+                weights,
+                None if per_row is None else per_row[indices].to(device),
+            )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

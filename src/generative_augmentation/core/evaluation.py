@@ -4,7 +4,7 @@ images, score once on real test images."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +18,7 @@ from generative_augmentation.core.classifier import (
     classifier_from_record,
     classifier_record,
     mixed_batches,
+    phased_batches,
     predict_proba,
     train_classifier,
 )
@@ -26,7 +27,7 @@ from generative_augmentation.core.generative_metrics import QualityConfig
 from generative_augmentation.core.images import AugmentationConfig, ImageSpec, stack_images
 from generative_augmentation.core.metrics import classification_scores
 from generative_augmentation.core.runtime import available_cores, derive_seed, one_thread
-from generative_augmentation.core.scenarios import ORIGINS
+from generative_augmentation.core.scenarios import ORIGINS, ScenarioConfig
 
 logger = logging.getLogger(__name__)
 
@@ -87,13 +88,14 @@ def train_replicates(
     scenario: str,
     workers: int = 1,
     synthetic: np.ndarray | None = None,
-    synthetic_probability: float | None = None,
+    recipe: ScenarioConfig | None = None,
 ) -> tuple[dict[str, Any], pd.DataFrame]:
     """One classifier per replicate, ``workers`` at a time (each on one torch thread, so the weights do not
     depend on how many run at once); returns their weights as one record (``replicate_<r>.`` prefixes) and the
     validation history of every replicate.
 
-    With ``synthetic_probability``, batches mix synthetic rows (``synthetic``, a mask) in with that probability.
+    ``recipe`` (the arm's settings) says how the synthetic rows (``synthetic``, a mask) are used: mixed into each
+    batch with a probability, pre-trained on before the real ones, weighed in the loss (see ``ScenarioConfig``).
     """
     jobs = [
         delayed(_train_one)(
@@ -105,7 +107,7 @@ def train_replicates(
             augmentation,
             f"{scenario} replicate {replicate}",
             synthetic,
-            synthetic_probability,
+            recipe,
         )
         for replicate, seed in seeds.items()
     ]
@@ -133,11 +135,9 @@ def _train_one(
     augmentation: AugmentationConfig | None,
     description: str,
     synthetic: np.ndarray | None,
-    synthetic_probability: float | None,
+    recipe: ScenarioConfig | None,
 ) -> TrainingResult:
-    batches = None
-    if synthetic_probability is not None:
-        batches = mixed_batches(synthetic, synthetic_probability, min(config.batch_size, len(train[1])), seed)
+    batches, row_weights = synthetic_use(recipe, synthetic, config, len(train[1]), seed)
     with one_thread():
         _, result = train_classifier(
             train,
@@ -149,9 +149,28 @@ def _train_one(
             progress=False,
             description=description,
             batches=batches,
+            row_weights=row_weights,
         )
     logger.info("%s: best step %d, validation macro-F1 %.3f", description, result.best_step, result.best_val_macro_f1)
     return result
+
+
+def synthetic_use(
+    recipe: ScenarioConfig | None, synthetic: np.ndarray | None, config: ClassifierConfig, size: int, seed: int
+) -> tuple[Callable[[int], np.ndarray] | None, np.ndarray | None]:
+    """The batch sampler and the per-row loss weights an arm's recipe asks for (None: the plain defaults)."""
+    if recipe is None or synthetic is None or not synthetic.any():
+        return None, None
+    batch_size = min(config.batch_size, size)
+    batches = None
+    if recipe.synthetic_probability is not None:
+        batches = mixed_batches(synthetic, recipe.synthetic_probability, batch_size, seed)
+    elif recipe.pretrain_share is not None:
+        batches = phased_batches(synthetic, round(recipe.pretrain_share * config.steps), batch_size, seed)
+    row_weights = None
+    if recipe.synthetic_loss_weight != 1.0:
+        row_weights = np.where(synthetic, recipe.synthetic_loss_weight, 1.0).astype(np.float32)
+    return batches, row_weights
 
 
 def score_replicates(

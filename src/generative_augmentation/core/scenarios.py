@@ -62,9 +62,24 @@ class ScenarioConfig(Config):
     synthetic_probability: float | None = None
     # No synthetic shortcut: every class (dominant ones included) gets ratio x its real count of synthetic images.
     every_class: bool = False
+    # Pre-train, then fine-tune (RoentGen-v2's recipe): this share of the step budget on the synthetic images
+    # alone, the rest on the real ones alone. null: real and synthetic images trained together throughout.
+    pretrain_share: float | None = None
+    # The weight of a synthetic image's loss against a real one's (He et al., ICLR 2023, weigh synthetic data down).
+    synthetic_loss_weight: float = 1.0
 
     def checks(self):
         yield from self.within("synthetic_probability", 0, 1, open_low=True, open_high=True)
+        yield from self.within("pretrain_share", 0, 1, open_low=True, open_high=True)
+        yield from self.positive("synthetic_loss_weight")
+        for name in ("pretrain_share", "synthetic_loss_weight"):
+            if getattr(self, name) not in (None, 1.0):
+                yield name, self.uses_synthetic, f"applies to arms that draw synthetic images, not {self.kind!r}"
+        yield (
+            "pretrain_share",
+            self.pretrain_share is None or self.synthetic_probability is None,
+            "and synthetic_probability exclude each other: one decides which images each step draws",
+        )
         if self.every_class:
             yield (
                 "every_class",

@@ -61,7 +61,7 @@ def train_classifiers(
         arm,
         workers=settings.worker_count(),
         synthetic=training_manifest["origin"].to_numpy() == "synthetic",
-        synthetic_probability=spec.synthetic_probability,
+        recipe=spec,
     )
 
 
