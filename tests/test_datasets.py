@@ -89,3 +89,21 @@ def test_a_file_is_written_beside_and_moved_into_place(tmp_path: Path) -> None:
     absent = {"type": "pandas.CSVDataset", "filepath": str(tmp_path / "absent.csv")}
     optional = OptionalDataset({"type": "generative_augmentation.datasets.AtomicDataset", "dataset": absent})
     assert optional.load() is None
+
+
+def test_model_weights_are_written_beside_and_moved_into_place(tmp_path: Path, monkeypatch) -> None:
+    import torch
+    from kedro.io.core import Version
+
+    from generative_augmentation.datasets.safetensors_model import SafetensorsModelDataset
+
+    dataset = SafetensorsModelDataset(str(tmp_path / "model.safetensors"), version=Version(None, "v1"))
+    record = {"state_dict": {"w": torch.arange(6.0).reshape(2, 3)}, "config": {"steps": 3}}
+    moves = []
+    original_mv = dataset._fs.mv
+    monkeypatch.setattr(dataset._fs, "mv", lambda source, target: (moves.append(source), original_mv(source, target)))
+    dataset.save(record)
+    loaded = SafetensorsModelDataset(str(tmp_path / "model.safetensors"), version=Version("v1", None)).load()
+    assert torch.equal(loaded["state_dict"]["w"], record["state_dict"]["w"]) and loaded["config"] == {"steps": 3}
+    assert len(moves) == 1 and Path(moves[0]).name == ".partial-model.safetensors"  # written beside, then moved
+    assert [path.name for path in (tmp_path / "model.safetensors" / "v1").iterdir()] == ["model.safetensors"]

@@ -213,3 +213,21 @@ def test_an_arm_recipe_picks_its_batches_and_loss_weights() -> None:
         ScenarioConfig(kind="synthetic", ratio=1.0, synthetic_probability=0.5), SYNTHETIC, config, 10, 0
     )
     assert SYNTHETIC[np.concatenate([mixed(step) for step in range(50)])].any()
+
+
+def test_study_classifiers_do_not_depend_on_the_ambient_thread_count() -> None:
+    from generative_augmentation.core.evaluation import train_replicates
+
+    train, val = easy_data(8), easy_data(3, seed=1)
+    config = ClassifierConfig(steps=4, eval_every=2, batch_size=8, patience=100)
+    image = ImageSpec(size=16, mode="RGB")
+    previous = torch.get_num_threads()
+    records = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            records.append(train_replicates(train, val, config, None, {0: 5}, ["a", "b", "c"], image, "arm")[0])
+    finally:
+        torch.set_num_threads(previous)
+    assert records[0]["state_dict"].keys() == records[1]["state_dict"].keys()
+    assert all(torch.equal(records[0]["state_dict"][k], records[1]["state_dict"][k]) for k in records[0]["state_dict"])

@@ -39,8 +39,11 @@ class SafetensorsModelDataset(AbstractVersionedDataset[dict[str, Any], dict[str,
         self._fs.makedirs(str(PurePosixPath(path).parent), exist_ok=True)
         tensors = {name: _storable(tensor) for name, tensor in data["state_dict"].items()}
         metadata = {CONFIG_KEY: json.dumps(data.get("config", {}), sort_keys=True, default=str)}
-        with self._fs.open(path, "wb") as handle:
+        # Written beside, then moved into place: a kill mid-write never leaves a truncated file that looks saved.
+        partial = str(PurePosixPath(path).with_name(".partial-" + PurePosixPath(path).name))
+        with self._fs.open(partial, "wb") as handle:
             handle.write(save(tensors, metadata=metadata))
+        self._fs.mv(partial, path)
         self._fs.invalidate_cache(path)
 
     def _describe(self) -> dict[str, Any]:
