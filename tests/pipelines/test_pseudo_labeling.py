@@ -24,6 +24,7 @@ from generative_augmentation.pipelines.pseudo_labeling.nodes import (
     plot_examples,
     predict_labels,
     train_labeler,
+    validate_labeler,
 )
 from tests.conftest import class_image, study_data
 
@@ -86,6 +87,21 @@ def world() -> dict:
         "labeler": labeler,
         "history": history,
     }
+
+
+def test_the_labeler_is_measured_on_validation_images_per_class_and_above_the_threshold(world) -> None:
+    table = validate_labeler(world["labeler"], world["manifest"], world["images"], PSEUDO_LABELING, IMAGE)
+    assert table["class_name"].tolist() == [*CLASS_NAMES, "macro mean"]
+    assert table["n_val"].tolist() == [4, 4, 4, 12] and (table["confidence_threshold"] == 0.4).all()
+    per_class = table.iloc[:3]
+    assert per_class["precision"].between(0, 1).all() and per_class["recall"].between(0, 1).all()
+    assert table.iloc[3]["recall"] == pytest.approx(per_class["recall"].mean())
+    assert table.iloc[3]["recall"] >= 0.75  # the labeler learns these easy classes (a random one sits near 1/3)
+    assert (per_class["n_confident"] <= 12).all() and table.iloc[3]["n_confident"] == per_class["n_confident"].sum()
+    strict = validate_labeler(
+        world["labeler"], world["manifest"], world["images"], settings(filter={"confidence_threshold": 1.0}), IMAGE
+    )
+    assert strict.iloc[3]["n_confident"] <= table.iloc[3]["n_confident"]
 
 
 def nearest_real(world: dict, settings: dict, embeddings: pd.DataFrame | None = None, pool: tuple | None = None):
@@ -318,6 +334,7 @@ def run_pipeline(tmp_path: Path, world: dict, seed: int) -> tuple[pd.DataFrame, 
     outputs = SequentialRunner().run(create_pipeline(), catalog)
     assert set(outputs) == {
         "labeler_history",
+        "labeler_validation",
         "pseudo_labeling_counts",
         "pseudo_labeling_metrics",
         "pseudo_labeling_examples",

@@ -129,6 +129,41 @@ def predict_labels(
     )
 
 
+def labeler_validation(
+    labeler: dict[str, Any], val_images: np.ndarray, val_labels: np.ndarray, threshold: float
+) -> pd.DataFrame:
+    """How far the filter can trust the labeler, measured on the real validation images, per class and as the
+    macro mean: its precision and recall, and among the images it is at least ``threshold`` confident about (those
+    the filter would keep), their number and the precision of their label. The labeler chose its best step on these
+    images, so the figures lean optimistic; test images are not used."""
+    proba = predict_proba(classifier_from_record(labeler), val_images)
+    predicted, confident = proba.argmax(axis=1), proba.max(axis=1) >= threshold
+    correct = predicted == val_labels
+    rows = []
+    for index, name in enumerate(labeler["config"]["class_names"]):
+        as_class, of_class = predicted == index, val_labels == index
+        kept = as_class & confident
+        rows.append(
+            {
+                "class_name": name,
+                "n_val": int(of_class.sum()),
+                "precision": _share(correct, as_class),
+                "recall": _share(correct, of_class),
+                "n_confident": int(kept.sum()),
+                "confident_precision": _share(correct, kept),
+            }
+        )
+    table = pd.DataFrame(rows)
+    macro = {"class_name": "macro mean", "n_val": int(table["n_val"].sum()), "n_confident": int(confident.sum())}
+    macro |= {column: float(table[column].mean()) for column in ("precision", "recall", "confident_precision")}
+    return pd.concat([table, pd.DataFrame([macro])], ignore_index=True).assign(confidence_threshold=threshold)
+
+
+def _share(hits: np.ndarray, among: np.ndarray) -> float:
+    """The share of ``among`` that are ``hits`` (NaN when ``among`` is empty)."""
+    return float(hits[among].mean()) if among.any() else float("nan")
+
+
 def guard(
     synthetic_ids: np.ndarray,
     synthetic: tuple[np.ndarray, np.ndarray],

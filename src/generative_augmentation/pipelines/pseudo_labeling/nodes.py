@@ -16,7 +16,7 @@ from generative_augmentation.core.classifier import ClassifierConfig, train_on_r
 from generative_augmentation.core.features import embedding_matrix, extractor_from_record
 from generative_augmentation.core.images import ImageSpec, stack_images
 from generative_augmentation.core.labeling import PseudoLabelingConfig
-from generative_augmentation.core.manifest import class_names, split_rows
+from generative_augmentation.core.manifest import class_names, split_arrays, split_rows
 from generative_augmentation.core.plots import image_grid
 from generative_augmentation.core.runtime import derive_seed
 
@@ -48,6 +48,15 @@ def train_labeler(
         manifest, real_images, settings, ImageSpec.parse(image), derive_seed(seed, "labeler"), "labeler"
     )
     return record, pd.DataFrame(history)
+
+
+def validate_labeler(
+    labeler: dict[str, Any], manifest: pd.DataFrame, real_images: dict, pseudo_labeling: dict[str, Any], image: dict
+) -> pd.DataFrame:
+    """The labeler's precision and recall on the real validation images, overall and above the filter's threshold."""
+    config = PseudoLabelingConfig.parse(pseudo_labeling)
+    images, labels = split_arrays(manifest, real_images, "val", ImageSpec.parse(image))
+    return labeling.labeler_validation(labeler, images, labels, config.filter.confidence_threshold)
 
 
 def predict_labels(

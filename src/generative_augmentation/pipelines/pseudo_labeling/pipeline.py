@@ -10,6 +10,7 @@ from .nodes import (
     plot_examples,
     predict_labels,
     train_labeler,
+    validate_labeler,
 )
 
 
@@ -34,6 +35,12 @@ def create_pipeline(**kwargs) -> Pipeline:
                 ],
                 ["labeler", "labeler_history"],
                 name="train_labeler",
+            ),
+            node(
+                validate_labeler,
+                ["labeler", "manifest", "real_images", "params:pseudo_labeling", "params:image"],
+                "labeler_validation",
+                name="validate_labeler",
             ),
             node(
                 predict_labels,
