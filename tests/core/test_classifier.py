@@ -1,5 +1,6 @@
 """Classifiers: architectures, the step-budget training loop with selection on validation, records."""
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -203,13 +204,16 @@ def test_an_arm_recipe_picks_its_batches_and_loss_weights() -> None:
     from generative_augmentation.core.scenarios import ScenarioConfig
 
     config = ClassifierConfig(steps=10, batch_size=4)
-    assert synthetic_use(ScenarioConfig(kind="synthetic", ratio=1.0), SYNTHETIC, config, 10, 0) == (None, None)
-    assert synthetic_use(None, SYNTHETIC, config, 10, 0) == (None, None)
+    assert synthetic_use(ScenarioConfig(kind="synthetic", ratio=1.0), SYNTHETIC, config, 10, 0) == (None,) * 3
+    assert synthetic_use(None, SYNTHETIC, config, 10, 0) == (None,) * 3
     recipe = ScenarioConfig(kind="synthetic", ratio=1.0, pretrain_share=0.3, synthetic_loss_weight=0.5)
-    batches, weights = synthetic_use(recipe, SYNTHETIC, config, 10, 0)
+    batches, weights, apart = synthetic_use(recipe, SYNTHETIC, config, 10, 0)
+    assert apart is None
     assert SYNTHETIC[batches(2)].all() and not SYNTHETIC[batches(3)].any()  # 3 of the 10 steps pre-train
     assert weights.tolist() == [1.0] * 6 + [0.5] * 4
-    mixed, _ = synthetic_use(
+    split = ScenarioConfig(kind="synthetic", ratio=1.0, synthetic_batch_norm=True)
+    assert synthetic_use(split, SYNTHETIC, config, 10, 0)[2] is SYNTHETIC
+    mixed, *_ = synthetic_use(
         ScenarioConfig(kind="synthetic", ratio=1.0, synthetic_probability=0.5), SYNTHETIC, config, 10, 0
     )
     assert SYNTHETIC[np.concatenate([mixed(step) for step in range(50)])].any()
@@ -231,3 +235,29 @@ def test_study_classifiers_do_not_depend_on_the_ambient_thread_count() -> None:
         torch.set_num_threads(previous)
     assert records[0]["state_dict"].keys() == records[1]["state_dict"].keys()
     assert all(torch.equal(records[0]["state_dict"][k], records[1]["state_dict"][k]) for k in records[0]["state_dict"])
+
+
+def test_rows_normalised_apart_never_enter_the_running_statistics() -> None:
+    from generative_augmentation.core.classifier import forward_split_norm
+
+    torch.manual_seed(0)
+    model = build_classifier(ClassifierConfig(width=4), 3, 16, 3).train()
+    real = torch.rand(6, 3, 16, 16)
+    synthetic = torch.rand(4, 3, 16, 16) + 5.0  # far brighter: their statistics would move the running mean a lot
+    batch, apart = torch.cat([real, synthetic]), torch.tensor([False] * 6 + [True] * 4)
+    reference = copy.deepcopy(model)
+    torch.manual_seed(1)  # the same dropout draws for the real rows, which go first
+    logits = forward_split_norm(model, batch, apart)
+    torch.manual_seed(1)
+    expected_real = reference(real)  # the real rows alone, through an identical copy: same logits, same statistics
+    assert torch.allclose(logits[:6], expected_real, atol=1e-5)
+    for mine, theirs in zip(model.modules(), reference.modules(), strict=True):
+        if isinstance(mine, torch.nn.BatchNorm2d):
+            assert torch.allclose(mine.running_mean, theirs.running_mean) and mine.momentum == theirs.momentum
+    logits.sum().backward()  # one graph through both groups
+    assert all(parameter.grad is not None for parameter in model.parameters())
+    joint = copy.deepcopy(reference)
+    joint(batch)  # normalised together, the bright rows do move the running statistics
+    first = next(m for m in joint.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    mine = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    assert not torch.allclose(first.running_mean, mine.running_mean)

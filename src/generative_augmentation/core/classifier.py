@@ -231,6 +231,34 @@ def mixed_batches(synthetic: np.ndarray, probability: float, batch_size: int, se
     return sample
 
 
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
+
+def forward_split_norm(model: nn.Module, batch: torch.Tensor, apart: torch.Tensor | None) -> torch.Tensor:
+    """Logits of a training batch whose ``apart`` rows (e.g. synthetic images) are normalised by BatchNorm
+    statistics of their own: the two groups pass through the network separately, the ``apart`` group with BatchNorm
+    momentum 0, so it never enters the running statistics that validation and test use. Scale and shift are shared.
+
+    Separate BatchNorm statistics for synthetic data follow Yu et al. 2023 ("Diversify, Don't Fine-Tune"); torch has
+    no such layer, hence this function. A group of fewer than two rows goes with the other.
+    """
+    if apart is None or int(apart.sum()) < 2 or int((~apart).sum()) < 2:
+        return model(batch)
+    norms = [module for module in model.modules() if isinstance(module, BATCH_NORMS)]
+    kept = model(batch[~apart])
+    logits = kept.new_empty((len(batch), *kept.shape[1:]))
+    logits[~apart] = kept
+    momenta = [norm.momentum for norm in norms]
+    try:
+        for norm in norms:
+            norm.momentum = 0.0  # running statistics stay those of the other rows
+        logits[apart] = model(batch[apart])
+    finally:
+        for norm, momentum in zip(norms, momenta, strict=True):
+            norm.momentum = momentum
+    return logits
+
+
 def weighted_cross_entropy(
     logits: torch.Tensor, labels: torch.Tensor, class_weights: torch.Tensor | None, row_weights: torch.Tensor | None
 ) -> torch.Tensor:
@@ -261,6 +289,18 @@ def phased_batches(
     return sample
 
 
+def _check_training_inputs(
+    train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray], row_weights: np.ndarray | None
+) -> None:
+    (train_images, train_labels), val_labels = train, val[1]
+    if len(train_labels) == 0 or len(val_labels) == 0:
+        raise ValueError(f"Empty training ({len(train_labels)}) or validation ({len(val_labels)}) set")
+    if len(train_images) != len(train_labels):
+        raise ValueError(f"{len(train_images)} training images but {len(train_labels)} labels")
+    if row_weights is not None and len(row_weights) != len(train_labels):
+        raise ValueError(f"{len(row_weights)} row weights for {len(train_labels)} training images")
+
+
 def train_classifier(
     train: tuple[np.ndarray, np.ndarray],
     val: tuple[np.ndarray, np.ndarray],
@@ -272,19 +312,19 @@ def train_classifier(
     description: str = "classifier",
     batches: Callable[[int], np.ndarray] | None = None,
     row_weights: np.ndarray | None = None,
+    separate_norm: np.ndarray | None = None,
 ) -> tuple[ImageClassifier, TrainingResult]:
     """Train ``config.steps`` AdamW steps (cosine decay) on ``train``; keep the best weights on ``val``.
 
     Every random choice (initialisation, batches, dropout, augmentation) comes from ``seed``. With ``augmentation``
     every training image is transformed on the fly (ordinary flips, rotations, jitter, crops). ``batches(step)``
     gives the rows of a step's batch (default: seeded epochs over the whole training set). ``row_weights`` weigh
-    each training image's loss (on top of the class weights; e.g. synthetic images weighed down).
+    each training image's loss (on top of the class weights; e.g. synthetic images weighed down). ``separate_norm``
+    (a mask over the training rows, e.g. the synthetic ones) gives those rows BatchNorm statistics of their own
+    (see :func:`forward_split_norm`).
     """
     train_images, train_labels = train
-    if len(train_labels) == 0 or len(val[1]) == 0:
-        raise ValueError(f"Empty training ({len(train_labels)}) or validation ({len(val[1])}) set")
-    if len(train_images) != len(train_labels):
-        raise ValueError(f"{len(train_images)} training images but {len(train_labels)} labels")
+    _check_training_inputs(train, val, row_weights)
     device = pick_device(config.device)
     image_size, channels = train_images.shape[1], train_images.shape[-1]
     with seeded(derive_seed(seed, "init")):
@@ -292,8 +332,6 @@ def train_classifier(
     images = to_unit_tensor(train_images)
     labels = torch.tensor(np.asarray(train_labels), dtype=torch.long)
     weights = class_weight_vector(np.asarray(train_labels), num_classes).to(device) if config.class_weights else None
-    if row_weights is not None and len(row_weights) != len(train_labels):
-        raise ValueError(f"{len(row_weights)} row weights for {len(train_labels)} training images")
     per_row = None if row_weights is None else torch.tensor(np.asarray(row_weights), dtype=torch.float32)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.steps)
@@ -310,8 +348,10 @@ def train_classifier(
         with seeded(derive_seed(seed, "step", step)):  # dropout and augmentation draws
             if transform is not None:
                 batch = torch.stack([transform(image) for image in batch])
+            apart = None if separate_norm is None else torch.from_numpy(separate_norm[rows]).to(device)
+            logits = forward_split_norm(model, batch.to(device), apart)
             loss = weighted_cross_entropy(
-                model(batch.to(device)),
+                logits,
                 labels[indices].to(device),
                 weights,
                 None if per_row is None else per_row[indices].to(device),

@@ -137,7 +137,7 @@ def _train_one(
     synthetic: np.ndarray | None,
     recipe: ScenarioConfig | None,
 ) -> TrainingResult:
-    batches, row_weights = synthetic_use(recipe, synthetic, config, len(train[1]), seed)
+    batches, row_weights, separate_norm = synthetic_use(recipe, synthetic, config, len(train[1]), seed)
     with one_thread():
         _, result = train_classifier(
             train,
@@ -150,6 +150,7 @@ def _train_one(
             description=description,
             batches=batches,
             row_weights=row_weights,
+            separate_norm=separate_norm,
         )
     logger.info("%s: best step %d, validation macro-F1 %.3f", description, result.best_step, result.best_val_macro_f1)
     return result
@@ -157,10 +158,11 @@ def _train_one(
 
 def synthetic_use(
     recipe: ScenarioConfig | None, synthetic: np.ndarray | None, config: ClassifierConfig, size: int, seed: int
-) -> tuple[Callable[[int], np.ndarray] | None, np.ndarray | None]:
-    """The batch sampler and the per-row loss weights an arm's recipe asks for (None: the plain defaults)."""
+) -> tuple[Callable[[int], np.ndarray] | None, np.ndarray | None, np.ndarray | None]:
+    """The batch sampler, the per-row loss weights and the rows normalised apart that an arm's recipe asks for
+    (None: the plain defaults)."""
     if recipe is None or synthetic is None or not synthetic.any():
-        return None, None
+        return None, None, None
     batch_size = min(config.batch_size, size)
     batches = None
     if recipe.synthetic_probability is not None:
@@ -170,7 +172,7 @@ def synthetic_use(
     row_weights = None
     if recipe.synthetic_loss_weight != 1.0:
         row_weights = np.where(synthetic, recipe.synthetic_loss_weight, 1.0).astype(np.float32)
-    return batches, row_weights
+    return batches, row_weights, (synthetic if recipe.synthetic_batch_norm else None)
 
 
 def score_replicates(

@@ -67,13 +67,16 @@ class ScenarioConfig(Config):
     pretrain_share: float | None = None
     # The weight of a synthetic image's loss against a real one's (He et al., ICLR 2023, weigh synthetic data down).
     synthetic_loss_weight: float = 1.0
+    # Separate BatchNorm statistics for the synthetic images in training (Yu et al. 2023); validation and test are
+    # normalised by statistics of the real images only.
+    synthetic_batch_norm: bool = False
 
     def checks(self):
         yield from self.within("synthetic_probability", 0, 1, open_low=True, open_high=True)
         yield from self.within("pretrain_share", 0, 1, open_low=True, open_high=True)
         yield from self.positive("synthetic_loss_weight")
-        for name in ("pretrain_share", "synthetic_loss_weight"):
-            if getattr(self, name) not in (None, 1.0):
+        for name in ("pretrain_share", "synthetic_loss_weight", "synthetic_batch_norm"):
+            if getattr(self, name) not in (None, 1.0, False):
                 yield name, self.uses_synthetic, f"applies to arms that draw synthetic images, not {self.kind!r}"
         yield (
             "pretrain_share",
