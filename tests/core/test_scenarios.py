@@ -233,3 +233,19 @@ def test_bad_contrasts_are_refused_before_anything_runs(contrasts: list, message
         study_scenarios({"arms": ["r", "t", "s"], "statistics": {"contrasts": contrasts}}, SYNTHETIC_STUDY)
     with pytest.raises(ConfigError, match=r"names best_synthetic but no arm of study.arms draws synthetic images"):
         study_scenarios({"arms": ["r", "t"], "statistics": {"contrasts": [["best_synthetic", "r"]]}}, SYNTHETIC_STUDY)
+
+
+def test_a_recipe_arm_shares_the_control_of_the_arm_with_the_same_draw() -> None:
+    from generative_augmentation.core.scenarios import count_matched_control
+
+    arms = {
+        "synthetic_x1": spec("synthetic", 1.0),
+        "count_matched_x1": spec("count_matched", controls="synthetic_x1"),
+        "pretrained_x1": spec("synthetic", 1.0, pretrain_share=0.3),
+        "every_x1": spec("synthetic", 1.0, every_class=True),
+        "synthetic_x2": spec("synthetic", 2.0),
+    }
+    assert count_matched_control("synthetic_x1", arms) == "count_matched_x1"
+    assert count_matched_control("pretrained_x1", arms) == "count_matched_x1"  # same counts and class mix
+    assert count_matched_control("every_x1", arms) is None  # another class mix
+    assert count_matched_control("synthetic_x2", arms) is None  # twice the count

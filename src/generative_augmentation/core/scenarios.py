@@ -201,10 +201,29 @@ def study_scenarios(study: Mapping[str, Any] | None, scenarios: Mapping[str, Any
     return arms
 
 
+def count_matched_control(treatment: str, arms: Mapping[str, ScenarioConfig]) -> str | None:
+    """The count_matched arm that controls ``treatment``; else one controlling an arm that draws exactly the same
+    synthetic counts and class mix (same kind, ratio, classes and every_class: a recipe arm such as
+    ``pretrained_synthetic_x1`` shares ``synthetic_x1``'s control); else None."""
+
+    def draw(spec: ScenarioConfig) -> tuple:
+        return spec.kind, spec.ratio, tuple(spec.classes or ()), spec.every_class
+
+    controls = {name: spec.controls for name, spec in arms.items() if spec.kind == "count_matched"}
+    direct = [name for name, controlled in controls.items() if controlled == treatment]
+    if direct:
+        return direct[0]
+    same = [
+        name
+        for name, controlled in controls.items()
+        if controlled in arms and draw(arms[controlled]) == draw(arms[treatment])
+    ]
+    return same[0] if same else None
+
+
 def _check_contrasts(statistics: StatisticsConfig, arms: Mapping[str, ScenarioConfig]) -> None:
     """Every role a pre-registered contrast names must be resolvable whichever synthetic arm validation picks."""
     synthetic = [name for name, spec in arms.items() if spec.uses_synthetic]
-    controlled = {spec.controls for spec in arms.values() if spec.kind == "count_matched"}
     where = statistics.parameter("contrasts")
     for treatment, control in statistics.contrasts:
         for role in (treatment, control):
@@ -214,7 +233,7 @@ def _check_contrasts(statistics: StatisticsConfig, arms: Mapping[str, ScenarioCo
                 )
             if role == CONTROL_OF_TREATMENT:
                 candidates = synthetic if treatment == BEST_SYNTHETIC else [treatment]
-                missing = [name for name in candidates if name not in controlled]
+                missing = [name for name in candidates if name in arms and count_matched_control(name, arms) is None]
                 if missing:
                     raise ConfigError(
                         f"Parameter {where} compares {treatment} with its count_matched control, but study.arms has "

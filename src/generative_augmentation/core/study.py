@@ -34,6 +34,7 @@ from generative_augmentation.core.scenarios import (
     CONTROL_OF_TREATMENT,
     ScenarioConfig,
     StatisticsConfig,
+    count_matched_control,
 )
 
 logger = logging.getLogger(__name__)
@@ -219,15 +220,13 @@ def resolve_contrasts(
                     )
                 names.append(best)
             elif role == CONTROL_OF_TREATMENT:
-                controls = [
-                    name for name, spec in arms.items() if spec.kind == "count_matched" and spec.controls == names[0]
-                ]
-                if not controls:
+                matched = count_matched_control(names[0], arms)
+                if matched is None:
                     raise ConfigError(
                         f"Parameter study.statistics.contrasts compares {names[0]} with its count_matched control, "
                         f"but study.arms has no count_matched arm that controls {names[0]}"
                     )
-                names.append(controls[0])
+                names.append(matched)
             elif role not in arms:
                 raise ConfigError(
                     f"Parameter study.statistics.contrasts names {role!r}, which is not in study.arms {list(arms)}"
