@@ -148,6 +148,28 @@ def test_the_guard_flags_copies_of_train_and_validation_images_and_never_looks_a
     pd.testing.assert_frame_equal(again, nearest)  # the test embeddings are not even read
 
 
+def test_a_variation_is_judged_against_every_train_image_but_its_own_source(world) -> None:
+    manifest, images = world["manifest"], world["images"]
+    train = manifest[manifest["split"] == "train"]
+    source, other = train.iloc[0], train.iloc[5]
+    pool = pd.DataFrame(
+        {
+            "image_id": ["variation_of_source", "copy_of_another"],
+            "intended_class": [source["class_name"]] * 2,
+            "label": [int(source["label"])] * 2,
+            "source_image_id": [source["image_id"]] * 2,
+        }
+    )
+    arrays = np.stack([np.asarray(images[source["image_key"]]), np.asarray(images[other["image_key"]])])
+    strict = settings(memorisation={"train_threshold": 0.99})  # these toy classes are near-identical among themselves
+    rows = nearest_real(world, strict, pool=(pool, arrays))[0].set_index("image_id")
+    assert not rows.loc["variation_of_source", "memorised_train"]  # resembling its own source is the point
+    assert rows.loc["variation_of_source", "nearest_train_id"] != source["image_id"]
+    assert rows.loc["copy_of_another", "memorised_train"]  # a copy of another train image is still a copy
+    plain = nearest_real(world, strict, pool=(pool.drop(columns="source_image_id"), arrays))[0]
+    assert plain["memorised_train"].all()  # without its source named, the same image is a copy
+
+
 def test_fixed_thresholds_replace_the_calibration(world) -> None:
     fixed = settings(memorisation={"train_threshold": 0.0, "val_threshold": 1.0})
     nearest, report = nearest_real(world, fixed)

@@ -6,8 +6,9 @@ validation images in the feature space of ``feature_clustering``. Its thresholds
 that are not test images: a synthetic image copies a train image when it is more cosine-similar to its nearest
 train image than ``train_percentile`` % of the real validation images are to theirs (closer than almost any unseen
 real image gets); it copies a validation image, which would bias model selection, when it is more similar to its
-nearest validation image than ``val_percentile`` % of the train images are to theirs. Test images never reach the
-guard: nothing upstream of the final score sees them.
+nearest validation image than ``val_percentile`` % of the train images are to theirs. An image-to-image variation
+is judged against every train image but the one it was made from (resembling its source is its point). Test images
+never reach the guard: nothing upstream of the final score sees them.
 
 Checks, in order; ``drop_reason`` names the first one an image fails: ``copies_val``, ``memorised_train``,
 ``disagrees`` (filter mode: the predicted class is not the intended one) and ``low_confidence``.
@@ -170,11 +171,14 @@ def guard(
     train: tuple[np.ndarray, np.ndarray, np.ndarray],
     val: tuple[np.ndarray, np.ndarray, np.ndarray],
     config: GuardConfig,
+    sources: np.ndarray | None = None,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Nearest real train and validation image of every synthetic image, the copy flags, and the guard's report.
 
     ``synthetic`` is (feature vectors, uint8 images); ``train`` and ``val`` are (image ids, feature vectors,
-    uint8 images), all in the same order.
+    uint8 images), all in the same order. ``sources``: per synthetic image, the id of the train image it was made
+    from (image-to-image variations; empty otherwise). A variation is meant to resemble its source, so it is judged
+    against every other train image; validation images, never a source, are checked in full.
     """
     vectors, images = synthetic
     columns: dict[str, Any] = {"image_id": synthetic_ids}
@@ -184,7 +188,8 @@ def guard(
         ("val", val, train, "copies_val"),
     ):
         threshold, source = _threshold(config, split, other[1], reference)
-        distances, neighbours = nearest(vectors, reference, k=min(config.pixel_neighbours, len(reference)))
+        own = sources if split == "train" else None
+        distances, neighbours = _nearest_but_own_source(vectors, reference, ids, config.pixel_neighbours, own)
         columns[f"nearest_{split}_similarity"] = 1 - distances[:, 0]
         columns[f"nearest_{split}_id"] = ids[neighbours[:, 0]]
         by_features = columns[f"nearest_{split}_similarity"] >= threshold - SIMILARITY_TOLERANCE
@@ -218,6 +223,20 @@ def guard(
             "%d synthetic image(s) are near-copies of real validation images: dropped", report["n_copies_val"]
         )
     return table, report
+
+
+def _nearest_but_own_source(
+    vectors: np.ndarray, reference: np.ndarray, ids: np.ndarray, k: int, sources: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` nearest reference rows of each vector (cosine distances, indices), leaving out each vector's own
+    source image when ``sources`` names one."""
+    if sources is None or not np.asarray(sources, dtype=bool).any():
+        return nearest(vectors, reference, k=min(k, len(reference)))
+    extra = min(k + 1, len(reference))
+    distances, neighbours = nearest(vectors, reference, k=extra)
+    distances = np.where(ids[neighbours] == np.asarray(sources, dtype=object)[:, None], np.inf, distances)
+    order = np.argsort(distances, axis=1, kind="stable")[:, : max(extra - 1, 1)]
+    return np.take_along_axis(distances, order, axis=1), np.take_along_axis(neighbours, order, axis=1)
 
 
 def pixel_distance(images: np.ndarray, references: np.ndarray, max_shift: int) -> np.ndarray:

@@ -86,8 +86,13 @@ def find_nearest_real(
         ids = rows["image_id"].to_numpy()
         references[split] = (ids, embedding_matrix(embeddings, ids), stack_images(real_images, rows["image_key"], spec))
     ids = synthetic_manifest["image_id"].to_numpy()
+    sources = (
+        synthetic_manifest["source_image_id"].fillna("").to_numpy(dtype=object)
+        if "source_image_id" in synthetic_manifest
+        else None
+    )
     return labeling.guard(
-        ids, (synthetic, synthetic_arrays), references["train"], references["val"], config.memorisation
+        ids, (synthetic, synthetic_arrays), references["train"], references["val"], config.memorisation, sources
     )
 
 
