@@ -93,15 +93,6 @@ def linked_groups(patients: np.ndarray, links: np.ndarray) -> np.ndarray:
     return np.array([root(patient) for patient in patients], dtype=object)
 
 
-def find_leaks(manifest: pd.DataFrame) -> dict[str, list[str]]:
-    """Patients and identical images (``content_hash``) that appear in more than one split."""
-    leaks = {}
-    for column in ("patient_id", "content_hash"):
-        spread = manifest.groupby(column)["split"].nunique()
-        leaks[column] = sorted(map(str, spread[spread > 1].index))
-    return leaks
-
-
 def split_order(split: str) -> int:
     """How held-out a split is: train 0, val 1, test 2."""
     return SPLIT_NAMES.index(split)
