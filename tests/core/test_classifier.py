@@ -261,3 +261,30 @@ def test_rows_normalised_apart_never_enter_the_running_statistics() -> None:
     first = next(m for m in joint.modules() if isinstance(m, torch.nn.BatchNorm2d))
     mine = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
     assert not torch.allclose(first.running_mean, mine.running_mean)
+
+
+def test_batched_augmentation_off_is_the_identity_and_flips_mirror_whole_images(monkeypatch) -> None:
+    torch.manual_seed(0)
+    batch = torch.rand(16, 3, 12, 12)
+    off = AugmentationConfig(horizontal_flip=False, rotation_degrees=0.0, color_jitter=0.0, crop_scale=(1.0, 1.0))
+    monkeypatch.setattr("generative_augmentation.core.images.CROP_RATIO", (1.0, 1.0))  # no aspect jitter either
+    assert torch.allclose(off.apply(batch), batch, atol=1e-5)
+    flips = AugmentationConfig(rotation_degrees=0.0, color_jitter=0.0, crop_scale=(1.0, 1.0)).apply(batch)
+    pairs = list(zip(flips, batch, strict=True))
+    mirrored = torch.tensor([torch.allclose(out, image.flip(-1), atol=1e-5) for out, image in pairs])
+    kept = torch.tensor([torch.allclose(out, image, atol=1e-5) for out, image in pairs])
+    assert (mirrored | kept).all() and mirrored.any() and kept.any()  # each image on its own coin
+
+
+def test_batched_augmentation_draws_per_image_and_repeats_under_a_seed() -> None:
+    batch = torch.rand(32, 3, 16, 16)
+    config = AugmentationConfig()
+    torch.manual_seed(3)
+    first = config.apply(batch)
+    torch.manual_seed(3)
+    assert torch.equal(first, config.apply(batch))
+    assert first.shape == batch.shape and first.min() >= 0 and first.max() <= 1
+    same = config.apply(batch[:1].expand(32, -1, -1, -1).contiguous())
+    assert len({tuple(image.flatten()[:20].tolist()) for image in same}) == 32  # one image, 32 different draws
+    grey = AugmentationConfig().apply(torch.rand(4, 1, 16, 16))  # grayscale: brightness and contrast only
+    assert grey.shape == (4, 1, 16, 16)

@@ -335,7 +335,6 @@ def train_classifier(
     per_row = None if row_weights is None else torch.tensor(np.asarray(row_weights), dtype=torch.float32)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.steps)
-    transform = augmentation.transform(image_size) if augmentation is not None else None
     batch_size = min(config.batch_size, len(labels))
     result = TrainingResult(state_dict=copy.deepcopy(model.state_dict()))
     stale = 0
@@ -346,8 +345,8 @@ def train_classifier(
         indices = torch.from_numpy(rows)
         batch = images[indices]
         with seeded(derive_seed(seed, "step", step)):  # dropout and augmentation draws
-            if transform is not None:
-                batch = torch.stack([transform(image) for image in batch])
+            if augmentation is not None:
+                batch = augmentation.apply(batch)
             apart = None if separate_norm is None else torch.from_numpy(separate_norm[rows]).to(device)
             logits = forward_split_norm(model, batch.to(device), apart)
             loss = weighted_cross_entropy(

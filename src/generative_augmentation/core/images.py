@@ -155,7 +155,8 @@ class AugmentationConfig(Config):
         )
 
     def transform(self, image_size: int) -> v2.Compose:
-        """The torchvision v2 transform over (C, H, W) tensors of side ``image_size``."""
+        """The same augmentation as torchvision v2 transforms over one (C, H, W) tensor of side ``image_size`` (the
+        reference :meth:`apply` is measured against in ``scripts/benchmark_augmentation.py``)."""
         steps: list[v2.Transform] = []
         if self.horizontal_flip:
             steps.append(v2.RandomHorizontalFlip())
@@ -167,5 +168,78 @@ class AugmentationConfig(Config):
             jitter = self.color_jitter
             steps.append(v2.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter))
         scale = (float(self.crop_scale[0]), float(self.crop_scale[1]))
-        steps.append(v2.RandomResizedCrop(image_size, scale=scale, ratio=(0.95, 1.05), antialias=True))
+        steps.append(v2.RandomResizedCrop(image_size, scale=scale, ratio=CROP_RATIO, antialias=True))
         return v2.Compose(steps)
+
+    def apply(self, batch: torch.Tensor) -> torch.Tensor:
+        """Augment a (N, C, H, W) batch in [0, 1], each image with its own random flips, colour jitter, rotation and
+        crop, drawn from torch's global generator (seed it around the call).
+
+        torchvision's v2 transforms draw one set of parameters per call, so per-image parameters cost one call per
+        image; here they are drawn for the whole batch and applied as tensor operations: the flips by mask, the
+        jitter as per-image factors (brightness, contrast, saturation, in that order), rotation and crop as one
+        affine warp per image (``affine_grid`` + ``grid_sample``, zeros outside the image as ``RandomRotation``).
+        """
+        count = len(batch)
+        if self.horizontal_flip:
+            batch = torch.where(torch.rand(count)[:, None, None, None] < 0.5, batch.flip(-1), batch)
+        if self.vertical_flip:
+            batch = torch.where(torch.rand(count)[:, None, None, None] < 0.5, batch.flip(-2), batch)
+        if self.color_jitter:
+            batch = _jitter(batch, self.color_jitter)
+        return _rotate_and_crop(batch, self.rotation_degrees, (float(self.crop_scale[0]), float(self.crop_scale[1])))
+
+
+CROP_RATIO = (0.95, 1.05)
+
+
+def _factors(count: int, spread: float) -> torch.Tensor:
+    """Per-image factors drawn uniformly from [1 - spread, 1 + spread], shaped to broadcast over (C, H, W)."""
+    return (1 + spread * (2 * torch.rand(count) - 1))[:, None, None, None]
+
+
+def _jitter(batch: torch.Tensor, spread: float) -> torch.Tensor:
+    """Brightness, contrast and saturation jitter with torchvision's definitions (grey = ITU-R 601 luma)."""
+    count = len(batch)
+    batch = (batch * _factors(count, spread)).clamp(0, 1)
+    grey = _grey(batch)
+    batch = (
+        (batch - grey.mean(dim=(1, 2, 3), keepdim=True)) * _factors(count, spread)
+        + grey.mean(dim=(1, 2, 3), keepdim=True)
+    ).clamp(0, 1)
+    if batch.shape[1] == 3:
+        grey = _grey(batch)
+        batch = ((batch - grey) * _factors(count, spread) + grey).clamp(0, 1)
+    return batch
+
+
+def _grey(batch: torch.Tensor) -> torch.Tensor:
+    if batch.shape[1] != 3:
+        return batch
+    weights = torch.tensor([0.299, 0.587, 0.114], dtype=batch.dtype, device=batch.device)[None, :, None, None]
+    return (batch * weights).sum(dim=1, keepdim=True)
+
+
+def _rotate_and_crop(batch: torch.Tensor, degrees: float, scale: tuple[float, float]) -> torch.Tensor:
+    """Rotate each image by an angle in [-degrees, degrees], then crop an area share in ``scale`` (aspect ratio in
+    ``CROP_RATIO``) at a random place and resize it back: one affine map from output to input coordinates."""
+    count = len(batch)
+    angle = torch.deg2rad(degrees * (2 * torch.rand(count) - 1))
+    area = scale[0] + (scale[1] - scale[0]) * torch.rand(count)
+    log_ratio = torch.log(torch.tensor(CROP_RATIO[0])) + torch.rand(count) * torch.log(
+        torch.tensor(CROP_RATIO[1] / CROP_RATIO[0])
+    )
+    ratio = torch.exp(log_ratio)
+    width, height = torch.sqrt(area * ratio).clamp(max=1), torch.sqrt(area / ratio).clamp(max=1)
+    shift_x, shift_y = (1 - width) * (2 * torch.rand(count) - 1), (1 - height) * (2 * torch.rand(count) - 1)
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    # output -> crop (scale, shift) -> un-rotate: the sampling point in the input image
+    theta = torch.stack(
+        [
+            torch.stack([cos * width, sin * height, cos * shift_x + sin * shift_y], dim=1),
+            torch.stack([-sin * width, cos * height, -sin * shift_x + cos * shift_y], dim=1),
+        ],
+        dim=1,
+    ).to(batch.dtype)
+    grid = torch.nn.functional.affine_grid(theta, list(batch.shape), align_corners=False)
+    return torch.nn.functional.grid_sample(batch, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
