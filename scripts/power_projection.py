@@ -1,0 +1,78 @@
+"""How many classifiers per arm a primary contrast needs: the bootstrap standard error of a finished run's contrast,
+split into its test-image part (fixed by the test set) and its replicate part (falls as 1/sqrt(R)).
+
+    .venv/bin/python scripts/power_projection.py data synthetic_x1:real synthetic_x1:count_matched_x1 \
+        synthetic_x1:traditional [--replicates 16 32 64] [--metric f1]
+
+For each contrast it resamples test images and replicates together (the study's bootstrap), test images alone
+(every replicate weighed equally) and replicates alone (every test image once), and projects the smallest
+difference detectable at 80% power with R replicates as (z(1 - alpha/(2m)) + z(0.8)) x sqrt(SE_test^2 +
+SE_rep^2 x R0/R), m the number of contrasts given, R0 the run's replicates. Prints one Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from generative_augmentation.core import study  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("data", type=Path, help="the run's data folder (data, data/odir5k, ...)")
+    parser.add_argument("contrasts", nargs="+", help="treatment:control pairs of arms")
+    parser.add_argument("--replicates", type=int, nargs="+", default=[16, 32, 64])
+    parser.add_argument("--metric", default="f1")
+    parser.add_argument("--resamples", type=int, default=2000)
+    parser.add_argument("--alpha", type=float, default=0.05)
+    args = parser.parse_args()
+    pairs = [pair.split(":") for pair in args.contrasts]
+    arms = sorted({arm for pair in pairs for arm in pair})
+    tables = {
+        arm: pd.read_parquet(args.data / "07_model_output" / "test_predictions" / f"{arm}.parquet") for arm in arms
+    }
+    classes = int(max(table["label"].max() for table in tables.values())) + 1
+    predictions = {arm: study.Predictions.from_table(table, classes) for arm, table in tables.items()}
+    first = predictions[arms[0]]
+    critical = stats.norm.ppf(1 - args.alpha / (2 * len(pairs))) + stats.norm.ppf(0.8)
+
+    def standard_error(treatment: str, control: str, part: str) -> float:
+        boot = study.Bootstrap.draw(first.labels, first.replicates, args.resamples, 1)
+        if part == "test images":
+            boot.unit_weights = np.full_like(boot.unit_weights, 1 / boot.unit_weights[0].size)
+        if part == "replicates":
+            boot.test_counts = [np.ones_like(counts) for counts in boot.test_counts]
+        draws = boot.metric_draws(predictions[treatment], args.metric) - boot.metric_draws(
+            predictions[control], args.metric
+        )
+        return float(draws.std(ddof=1))
+
+    header = (
+        ["contrast", "SE, both", "test images only", "replicates only"]
+        + [f"MDE at R = {r}" for r in args.replicates]
+        + ["R → ∞"]
+    )
+    print("| " + " | ".join(header) + " |\n|---|" + "---:|" * (len(header) - 1))
+    for treatment, control in pairs:
+        both, test, rep = (standard_error(treatment, control, part) for part in ("both", "test images", "replicates"))
+        projected = [critical * np.sqrt(test**2 + rep**2 * first.replicates / r) for r in args.replicates]
+        cells = [
+            f"{treatment} − {control}",
+            *(f"{value:.4f}" for value in (both, test, rep)),
+            *(f"{value:.3f}" for value in projected),
+            f"{critical * test:.3f}",
+        ]
+        print("| " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
