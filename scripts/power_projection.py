@@ -43,6 +43,8 @@ def main() -> None:
     classes = int(max(table["label"].max() for table in tables.values())) + 1
     predictions = {arm: study.Predictions.from_table(table, classes) for arm, table in tables.items()}
     first = predictions[arms[0]]
+    if len(first.labels) > 1:
+        raise SystemExit("The projection splits one run's variance; a pooled full study has several upstreams")
     critical = stats.norm.ppf(1 - args.alpha / (2 * len(pairs))) + stats.norm.ppf(0.8)
 
     def standard_error(treatment: str, control: str, part: str) -> float:

@@ -254,6 +254,7 @@ def test_rows_normalised_apart_never_enter_the_running_statistics() -> None:
     for mine, theirs in zip(model.modules(), reference.modules(), strict=True):
         if isinstance(mine, torch.nn.BatchNorm2d):
             assert torch.allclose(mine.running_mean, theirs.running_mean) and mine.momentum == theirs.momentum
+            assert mine.num_batches_tracked == theirs.num_batches_tracked == 1  # one batch per step, not two
     logits.sum().backward()  # one graph through both groups
     assert all(parameter.grad is not None for parameter in model.parameters())
     joint = copy.deepcopy(reference)
@@ -263,11 +264,10 @@ def test_rows_normalised_apart_never_enter_the_running_statistics() -> None:
     assert not torch.allclose(first.running_mean, mine.running_mean)
 
 
-def test_batched_augmentation_off_is_the_identity_and_flips_mirror_whole_images(monkeypatch) -> None:
+def test_batched_augmentation_off_is_the_identity_and_flips_mirror_whole_images() -> None:
     torch.manual_seed(0)
     batch = torch.rand(16, 3, 12, 12)
     off = AugmentationConfig(horizontal_flip=False, rotation_degrees=0.0, color_jitter=0.0, crop_scale=(1.0, 1.0))
-    monkeypatch.setattr("generative_augmentation.core.images.CROP_RATIO", (1.0, 1.0))  # no aspect jitter either
     assert torch.allclose(off.apply(batch), batch, atol=1e-5)
     flips = AugmentationConfig(rotation_degrees=0.0, color_jitter=0.0, crop_scale=(1.0, 1.0)).apply(batch)
     pairs = list(zip(flips, batch, strict=True))
@@ -288,3 +288,13 @@ def test_batched_augmentation_draws_per_image_and_repeats_under_a_seed() -> None
     assert len({tuple(image.flatten()[:20].tolist()) for image in same}) == 32  # one image, 32 different draws
     grey = AugmentationConfig().apply(torch.rand(4, 1, 16, 16))  # grayscale: brightness and contrast only
     assert grey.shape == (4, 1, 16, 16)
+
+
+def test_pre_training_steps_are_neither_chosen_nor_counted_towards_early_stopping() -> None:
+    train, val = easy_data(8), easy_data(3, seed=1)
+    config = ClassifierConfig(steps=40, eval_every=5, batch_size=8, patience=2, learning_rate=1e-9)
+    _, stopped = train_classifier(train, val, config, 3, seed=0, progress=False)
+    _, waited = train_classifier(train, val, config, 3, seed=0, progress=False, select_after=30)
+    assert len(stopped.losses) < 30  # a flat validation score stops plain training early
+    assert len(waited.losses) >= 35 and waited.best_step > 30  # not before the fine-tuning phase, chosen from it
+    assert [entry["step"] for entry in waited.history][:2] == [5, 10]  # the pre-training scores are still recorded

@@ -249,3 +249,5 @@ def test_a_recipe_arm_shares_the_control_of_the_arm_with_the_same_draw() -> None
     assert count_matched_control("pretrained_x1", arms) == "count_matched_x1"  # same counts and class mix
     assert count_matched_control("every_x1", arms) is None  # another class mix
     assert count_matched_control("synthetic_x2", arms) is None  # twice the count
+    arms["augmented_x1"] = spec("synthetic", 1.0, augment=True)
+    assert count_matched_control("augmented_x1", arms) is None  # its control must be augmented too

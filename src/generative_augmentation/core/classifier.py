@@ -248,14 +248,15 @@ def forward_split_norm(model: nn.Module, batch: torch.Tensor, apart: torch.Tenso
     kept = model(batch[~apart])
     logits = kept.new_empty((len(batch), *kept.shape[1:]))
     logits[~apart] = kept
-    momenta = [norm.momentum for norm in norms]
+    saved = [(norm.momentum, norm.num_batches_tracked.clone()) for norm in norms]
     try:
         for norm in norms:
             norm.momentum = 0.0  # running statistics stay those of the other rows
         logits[apart] = model(batch[apart])
     finally:
-        for norm, momentum in zip(norms, momenta, strict=True):
+        for norm, (momentum, tracked) in zip(norms, saved, strict=True):
             norm.momentum = momentum
+            norm.num_batches_tracked.copy_(tracked)  # one batch counted per step, as without the split
     return logits
 
 
@@ -313,6 +314,7 @@ def train_classifier(
     batches: Callable[[int], np.ndarray] | None = None,
     row_weights: np.ndarray | None = None,
     separate_norm: np.ndarray | None = None,
+    select_after: int = 0,
 ) -> tuple[ImageClassifier, TrainingResult]:
     """Train ``config.steps`` AdamW steps (cosine decay) on ``train``; keep the best weights on ``val``.
 
@@ -321,7 +323,8 @@ def train_classifier(
     gives the rows of a step's batch (default: seeded epochs over the whole training set). ``row_weights`` weigh
     each training image's loss (on top of the class weights; e.g. synthetic images weighed down). ``separate_norm``
     (a mask over the training rows, e.g. the synthetic ones) gives those rows BatchNorm statistics of their own
-    (see :func:`forward_split_norm`).
+    (see :func:`forward_split_norm`). Validation scores of the first ``select_after`` steps (a pre-training phase)
+    are recorded but neither chosen nor counted towards early stopping.
     """
     train_images, train_labels = train
     _check_training_inputs(train, val, row_weights)
@@ -367,6 +370,8 @@ def train_classifier(
         score = float(f1_score(val[1], proba.argmax(1), average="macro", labels=range(num_classes), zero_division=0))
         recent = result.losses[-config.eval_every :]
         result.history.append({"step": completed, "train_loss": float(np.mean(recent)), "val_macro_f1": score})
+        if completed <= select_after:
+            return False
         if score > result.best_val_macro_f1:
             result.state_dict = {name: tensor.detach().cpu().clone() for name, tensor in model.state_dict().items()}
             result.best_step, result.best_val_macro_f1, stale = completed, score, 0

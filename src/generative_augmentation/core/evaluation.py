@@ -138,6 +138,7 @@ def _train_one(
     recipe: ScenarioConfig | None,
 ) -> TrainingResult:
     batches, row_weights, separate_norm = synthetic_use(recipe, synthetic, config, len(train[1]), seed)
+    pretrain_steps = pretraining_steps(recipe, config)
     with one_thread():
         _, result = train_classifier(
             train,
@@ -151,9 +152,17 @@ def _train_one(
             batches=batches,
             row_weights=row_weights,
             separate_norm=separate_norm,
+            select_after=pretrain_steps,
         )
     logger.info("%s: best step %d, validation macro-F1 %.3f", description, result.best_step, result.best_val_macro_f1)
     return result
+
+
+def pretraining_steps(recipe: ScenarioConfig | None, config: ClassifierConfig) -> int:
+    """The steps an arm trains on its synthetic images alone before the real ones (0 without pre-training)."""
+    if recipe is None or recipe.pretrain_share is None:
+        return 0
+    return round(recipe.pretrain_share * config.steps)
 
 
 def synthetic_use(
@@ -168,7 +177,7 @@ def synthetic_use(
     if recipe.synthetic_probability is not None:
         batches = mixed_batches(synthetic, recipe.synthetic_probability, batch_size, seed)
     elif recipe.pretrain_share is not None:
-        batches = phased_batches(synthetic, round(recipe.pretrain_share * config.steps), batch_size, seed)
+        batches = phased_batches(synthetic, pretraining_steps(recipe, config), batch_size, seed)
     row_weights = None
     if recipe.synthetic_loss_weight != 1.0:
         row_weights = np.where(synthetic, recipe.synthetic_loss_weight, 1.0).astype(np.float32)

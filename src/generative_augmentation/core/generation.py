@@ -148,6 +148,7 @@ def plan_pool(
             "The train split is balanced (%d images per class): no class is a minority, every class is generated",
             counts.iloc[0],
         )
+    _check_arms_covered(arms or {}, targets, list(counts.index), config)
     for name in targets:
         if counts[name] < config.min_train_images_per_class:
             raise ConfigError(
@@ -189,6 +190,22 @@ def training_images_table(
     merged["cluster_index"] = merged.groupby("class_name")["cluster"].rank(method="dense").astype(int) - 1
     logger.info("Conditioning on (class, cluster): %d clusters in all", merged.groupby(["label", "cluster"]).ngroups)
     return merged[TRAINING_SET_COLUMNS]
+
+
+def _check_arms_covered(
+    arms: Mapping[str, ScenarioConfig], targets: list[str], classes: list[str], config: GenerationConfig
+) -> None:
+    """Refuse, before any training, a pool that lacks a class an arm of the study draws synthetic images of."""
+    for name, spec in arms.items():
+        if not spec.uses_synthetic:
+            continue
+        wanted = classes if spec.every_class else spec.classes
+        missing = [cls for cls in wanted or [] if cls not in targets]
+        if missing:
+            raise ConfigError(
+                f"Arm {name} draws synthetic images of {missing}, which {config.parameter('classes')} "
+                f"({targets}) does not generate: add them there, or set it to null"
+            )
 
 
 def resolve_pool(pool: PoolConfig, arms: Mapping[str, ScenarioConfig]) -> PoolConfig:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -182,9 +183,9 @@ class AugmentationConfig(Config):
         """
         count = len(batch)
         if self.horizontal_flip:
-            batch = torch.where(torch.rand(count)[:, None, None, None] < 0.5, batch.flip(-1), batch)
+            batch = torch.where(_uniform(batch, count)[:, None, None, None] < 0.5, batch.flip(-1), batch)
         if self.vertical_flip:
-            batch = torch.where(torch.rand(count)[:, None, None, None] < 0.5, batch.flip(-2), batch)
+            batch = torch.where(_uniform(batch, count)[:, None, None, None] < 0.5, batch.flip(-2), batch)
         if self.color_jitter:
             batch = _jitter(batch, self.color_jitter)
         return _rotate_and_crop(batch, self.rotation_degrees, (float(self.crop_scale[0]), float(self.crop_scale[1])))
@@ -193,23 +194,27 @@ class AugmentationConfig(Config):
 CROP_RATIO = (0.95, 1.05)
 
 
-def _factors(count: int, spread: float) -> torch.Tensor:
+def _uniform(batch: torch.Tensor, count: int) -> torch.Tensor:
+    """``count`` uniform draws in [0, 1) from torch's global generator, on the batch's device and dtype."""
+    return torch.rand(count).to(device=batch.device, dtype=batch.dtype)
+
+
+def _factors(batch: torch.Tensor, spread: float) -> torch.Tensor:
     """Per-image factors drawn uniformly from [1 - spread, 1 + spread], shaped to broadcast over (C, H, W)."""
-    return (1 + spread * (2 * torch.rand(count) - 1))[:, None, None, None]
+    return (1 + spread * (2 * _uniform(batch, len(batch)) - 1))[:, None, None, None]
 
 
 def _jitter(batch: torch.Tensor, spread: float) -> torch.Tensor:
     """Brightness, contrast and saturation jitter with torchvision's definitions (grey = ITU-R 601 luma)."""
-    count = len(batch)
-    batch = (batch * _factors(count, spread)).clamp(0, 1)
+    batch = (batch * _factors(batch, spread)).clamp(0, 1)
     grey = _grey(batch)
     batch = (
-        (batch - grey.mean(dim=(1, 2, 3), keepdim=True)) * _factors(count, spread)
+        (batch - grey.mean(dim=(1, 2, 3), keepdim=True)) * _factors(batch, spread)
         + grey.mean(dim=(1, 2, 3), keepdim=True)
     ).clamp(0, 1)
     if batch.shape[1] == 3:
         grey = _grey(batch)
-        batch = ((batch - grey) * _factors(count, spread) + grey).clamp(0, 1)
+        batch = ((batch - grey) * _factors(batch, spread) + grey).clamp(0, 1)
     return batch
 
 
@@ -224,14 +229,13 @@ def _rotate_and_crop(batch: torch.Tensor, degrees: float, scale: tuple[float, fl
     """Rotate each image by an angle in [-degrees, degrees], then crop an area share in ``scale`` (aspect ratio in
     ``CROP_RATIO``) at a random place and resize it back: one affine map from output to input coordinates."""
     count = len(batch)
-    angle = torch.deg2rad(degrees * (2 * torch.rand(count) - 1))
-    area = scale[0] + (scale[1] - scale[0]) * torch.rand(count)
-    log_ratio = torch.log(torch.tensor(CROP_RATIO[0])) + torch.rand(count) * torch.log(
-        torch.tensor(CROP_RATIO[1] / CROP_RATIO[0])
-    )
-    ratio = torch.exp(log_ratio)
-    width, height = torch.sqrt(area * ratio).clamp(max=1), torch.sqrt(area / ratio).clamp(max=1)
-    shift_x, shift_y = (1 - width) * (2 * torch.rand(count) - 1), (1 - height) * (2 * torch.rand(count) - 1)
+    angle = torch.deg2rad(degrees * (2 * _uniform(batch, count) - 1))
+    area = scale[0] + (scale[1] - scale[0]) * _uniform(batch, count)
+    low, high = math.log(CROP_RATIO[0]), math.log(CROP_RATIO[1])
+    log_ratio = low + (high - low) * _uniform(batch, count)
+    ratio = torch.minimum(torch.maximum(torch.exp(log_ratio), area), 1 / area)  # the crop fits: no side above 1
+    width, height = torch.sqrt(area * ratio), torch.sqrt(area / ratio)
+    shift_x, shift_y = (1 - width) * (2 * _uniform(batch, count) - 1), (1 - height) * (2 * _uniform(batch, count) - 1)
     cos, sin = torch.cos(angle), torch.sin(angle)
     # output -> crop (scale, shift) -> un-rotate: the sampling point in the input image
     theta = torch.stack(

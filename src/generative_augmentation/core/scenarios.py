@@ -79,6 +79,12 @@ class ScenarioConfig(Config):
             if getattr(self, name) not in (None, 1.0, False):
                 yield name, self.uses_synthetic, f"applies to arms that draw synthetic images, not {self.kind!r}"
         yield (
+            "synthetic_batch_norm",
+            not (self.synthetic_batch_norm and self.pretrain_share is not None),
+            "and pretrain_share exclude each other: pre-training batches are all synthetic, with no real rows to "
+            "keep the statistics apart from",
+        )
+        yield (
             "pretrain_share",
             self.pretrain_share is None or self.synthetic_probability is None,
             "and synthetic_probability exclude each other: one decides which images each step draws",
@@ -203,11 +209,11 @@ def study_scenarios(study: Mapping[str, Any] | None, scenarios: Mapping[str, Any
 
 def count_matched_control(treatment: str, arms: Mapping[str, ScenarioConfig]) -> str | None:
     """The count_matched arm that controls ``treatment``; else one controlling an arm that draws exactly the same
-    synthetic counts and class mix (same kind, ratio, classes and every_class: a recipe arm such as
-    ``pretrained_synthetic_x1`` shares ``synthetic_x1``'s control); else None."""
+    synthetic counts and class mix with the same augmentation (same kind, ratio, classes, every_class and augment: a
+    recipe arm such as ``pretrained_synthetic_x1`` shares ``synthetic_x1``'s control); else None."""
 
-    def draw(spec: ScenarioConfig) -> tuple:
-        return spec.kind, spec.ratio, tuple(spec.classes or ()), spec.every_class
+    def draw(spec: ScenarioConfig) -> tuple:  # the counts and class mix, and the augmentation both arms must share
+        return spec.kind, spec.ratio, tuple(spec.classes or ()), spec.every_class, spec.augmented
 
     controls = {name: spec.controls for name, spec in arms.items() if spec.kind == "count_matched"}
     direct = [name for name, controlled in controls.items() if controlled == treatment]
