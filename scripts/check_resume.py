@@ -29,6 +29,7 @@ import contextlib
 import copy
 import json
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -247,8 +248,11 @@ def left_generator(project: Path) -> str:
 
 def resumed_generator(project: Path, run: Run) -> str:
     line = next((line for line in run.lines if "Resuming from" in line), "")
-    step = line.rsplit("(step", 1)[-1].strip(" )") if line else ""
-    return f"yes: `Resuming from .../step-{int(step):08d} (step {step})`" if step else "NO: trained from step 0"
+    found = re.search(r"\(step (\d+)\)", line)  # the record may carry rich's file:line column after it
+    if not found:
+        return "NO: trained from step 0"
+    step = int(found.group(1))
+    return f"yes: `Resuming from .../step-{step:08d} (step {step})`"
 
 
 def sample_chunks(project: Path) -> list[Path]:
