@@ -221,7 +221,7 @@ def left_real_images(project: Path) -> str:
 
 
 def resumed_real_images(project: Path, run: Run) -> str:
-    ran = run.saw("Running node: data_preparation.write_working_images")
+    ran = run.saw("Running node: write_working_images")  # kedro logs the node name without its namespace
     count = len(files(project / "data/03_primary/images", "*.png"))
     partial = (project / "data/03_primary/.partial-images").exists()
     ok = ran == 1 and count > 0 and not partial
