@@ -3,6 +3,7 @@
 Two measurements (docs/benchmarks.md has the results):
 
     .venv/bin/python scripts/benchmark_contention.py steps   # DDPM training s/step: torch threads x neighbour
+    .venv/bin/python scripts/benchmark_contention.py steps --wait-policy default PASSIVE   # and OpenMP's wait policy
     .venv/bin/python scripts/benchmark_contention.py run     # a fresh clone's `make run`, idle then beside one
 
 The neighbour is ``--neighbours`` processes (default: one per core) each multiplying 512x512 float64 matrices on
@@ -84,10 +85,14 @@ print(json.dumps({"threads": threads, "seconds_per_step": elapsed / steps, "step
 """
 
 
-def step_probe(threads: int, steps: int) -> dict:
+def step_probe(threads: int, steps: int, wait_policy: str) -> dict:
+    env = {key: value for key, value in os.environ.items() if key != "OMP_WAIT_POLICY"}
+    if wait_policy != "default":
+        env["OMP_WAIT_POLICY"] = wait_policy  # read by OpenMP when torch loads it, in the probe's own process
     result = subprocess.run(
         [sys.executable, "-c", STEP_PROBE, str(threads), str(steps)],
         cwd=ROOT,
+        env=env,
         capture_output=True,
         text=True,
         check=False,
@@ -101,15 +106,22 @@ def measure_steps(args: argparse.Namespace) -> None:
     rows = []
     for processes in (0, args.neighbours):
         with neighbour(processes):
-            for threads in args.threads:
-                probe = step_probe(threads, args.steps)
-                rows.append({**probe, "neighbours": processes})
-                print(json.dumps(rows[-1]), flush=True)
-    idle = {row["threads"]: row["seconds_per_step"] for row in rows if row["neighbours"] == 0}
-    print("\n| torch threads | neighbour processes | s / step | vs the same threads idle |\n|---:|---:|---:|---:|")
+            for policy in args.wait_policy:
+                for threads in args.threads:
+                    probe = step_probe(threads, args.steps, policy)
+                    rows.append({**probe, "neighbours": processes, "wait_policy": policy})
+                    print(json.dumps(rows[-1]), flush=True)
+    fastest_idle = min(row["seconds_per_step"] for row in rows if row["neighbours"] == 0)
+    print(
+        "\n| torch threads | OMP_WAIT_POLICY | neighbour processes | s / step | vs the fastest idle setting |"
+        "\n|---:|---|---:|---:|---:|"
+    )
     for row in rows:
-        ratio = row["seconds_per_step"] / idle[row["threads"]]
-        print(f"| {row['threads']} | {row['neighbours']} | {row['seconds_per_step']:.3f} | {ratio:.2f}x |")
+        ratio = row["seconds_per_step"] / fastest_idle
+        print(
+            f"| {row['threads']} | {row['wait_policy']} | {row['neighbours']} | {row['seconds_per_step']:.3f} | "
+            f"{ratio:.2f}x |"
+        )
 
 
 def timed_make_run(folder: Path) -> dict:
@@ -151,6 +163,9 @@ def main() -> None:
     parser.add_argument("--neighbours", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument(
+        "--wait-policy", nargs="+", default=["default"], help="OpenMP wait policies to try: default, PASSIVE, ACTIVE"
+    )
     args = parser.parse_args()
     measure_steps(args) if args.what == "steps" else measure_run(args)
 
