@@ -6,7 +6,7 @@ output with an uninterrupted run's, byte for byte.
 On two throw-away copies of the project (``tests/test_project_run.make_project``: conf/ and a tiny 3-class
 MedMNIST-style file), with the tiny runtime parameters of the test suite (``TINY``) made long enough to be
 interrupted (a generator trained 60 steps with a checkpoint every 10, a pool larger than one 256-image sampling
-chunk, classifiers trained 300 steps):
+chunk, classifiers trained 3,000 steps):
 
 1. ``kedro run --config=check.yml`` runs the whole study uninterrupted: the reference;
 2. in a fresh copy, ``kedro run --config=check.yml`` is killed with SIGKILL while ``data_preparation`` saves the real
@@ -62,7 +62,7 @@ def merged(base: dict, changes: dict) -> dict:
 
 # TINY, long enough in the places a kill must land in: the generator trains 60 steps (a checkpoint every 10), the
 # pool (2 minority classes x 16 x their train count x 1.25) is larger than one sampling chunk (256 images), and each
-# classifier trains 300 steps.
+# classifier trains 3,000 steps (long enough, even on an idle machine, to be killed while it trains).
 CHECK = merged(
     TINY,
     {
@@ -70,7 +70,7 @@ CHECK = merged(
             "ddpm": {"train_steps": 60, "checkpoint_every": 10, "sampling": {"steps": 6}},
             "pool": {"multiple": 16.0},
         },
-        "classifier": {"steps": 300, "eval_every": 100},
+        "classifier": {"steps": 3000, "eval_every": 1000},
     },
 )
 
