@@ -132,3 +132,15 @@ def test_on_every_can_stop_the_loop_early() -> None:
         progress=False,
     )
     assert losses == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+
+
+def test_a_crowded_machine_is_named_with_the_thread_count_to_use(caplog) -> None:
+    from generative_augmentation.core.runtime import warn_if_crowded
+
+    with caplog.at_level("WARNING"):
+        assert warn_if_crowded(2, load=2.0, cores=2)
+    assert "keep about 2.0 of the 2 cores busy (load 2.0): 2 torch threads will stall" in caplog.text
+    assert "--params=runtime.num_threads=1" in caplog.text
+    assert not warn_if_crowded(2, load=0.2, cores=2)  # an idle machine: no warning
+    assert not warn_if_crowded(1, load=6.0, cores=2)  # one thread does not stall itself
+    assert warn_if_crowded(8, load=4.0, cores=8) and "runtime.num_threads=4" in caplog.text

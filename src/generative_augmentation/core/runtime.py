@@ -112,4 +112,34 @@ def apply_runtime(config: RuntimeConfig) -> dict[str, object]:
     torch.backends.cudnn.benchmark = False
     torch.backends.cudnn.deterministic = True
     logger.info("torch uses %d thread(s) (runtime.num_threads)", threads)
+    warn_if_crowded(threads)
     return {"num_threads": threads, "torch": torch.__version__, "cuda": torch.cuda.is_available()}
+
+
+def warn_if_crowded(threads: int, load: float | None = None, cores: int | None = None) -> bool:
+    """Warn when other processes already keep cores busy: torch's threads then stall each other (OpenMP threads
+    spin while they wait for one that is descheduled; docs/benchmarks.md has the measured slowdown). The thread
+    count is not changed behind the user's back: it is part of what makes a run reproducible. Returns whether it
+    warned."""
+    cores = available_cores() if cores is None else cores
+    if load is None:
+        try:
+            load = os.getloadavg()[0]
+        except OSError:  # not available on this platform
+            return False
+    free = cores - load
+    if threads > 1 and free < threads - 0.5:
+        logger.warning(
+            "Other processes keep about %.1f of the %d cores busy (load %.1f): %d torch threads will stall each "
+            "other. Set runtime.num_threads to %d (--params=runtime.num_threads=%d) to run faster; results then "
+            "differ in the last digits from a %d-thread run",
+            min(load, cores),
+            cores,
+            load,
+            threads,
+            max(1, int(free + 0.5)),
+            max(1, int(free + 0.5)),
+            threads,
+        )
+        return True
+    return False
