@@ -25,6 +25,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -129,8 +130,18 @@ def timed_make_run(folder: Path) -> dict:
     install = time.monotonic()
     subprocess.run(["make", "install"], cwd=folder, check=True, capture_output=True)
     started = time.monotonic()
+    loads: list[float] = []
+    done = threading.Event()
+
+    def sample_load() -> None:  # the 1-minute load average every 30 s, to say how crowded the machine was
+        while not done.wait(30):
+            loads.append(os.getloadavg()[0])
+
+    threading.Thread(target=sample_load, daemon=True).start()
     result = subprocess.run(["make", "run"], cwd=folder, capture_output=True, text=True, check=False)
     wall = time.monotonic() - started
+    done.set()
+    (folder / "make_run.log").write_text(result.stdout + result.stderr)
     log = result.stdout + result.stderr
     if result.returncode != 0:
         raise SystemExit(f"make run failed in {folder}:\n{log[-3000:]}")
@@ -139,13 +150,18 @@ def timed_make_run(folder: Path) -> dict:
         "install_s": started - install,
         "make_run_s": wall,
         "run_timing": timing.group(1) if timing else "",
+        "mean_load": sum(loads) / len(loads) if loads else None,
+        "omp_wait_policy": "PASSIVE" if "OMP_WAIT_POLICY=PASSIVE" in log else "default",
     }
 
 
 def measure_run(args: argparse.Namespace) -> None:
     base = Path(tempfile.mkdtemp(prefix="contention_"))
-    idle = timed_make_run(base / "idle")
-    print(json.dumps({"idle": idle}), flush=True)
+    if args.idle_minutes is None:
+        idle = timed_make_run(base / "idle")
+        print(json.dumps({"idle": idle}), flush=True)
+    else:  # an idle run measured earlier the same day, given in minutes
+        idle = {"make_run_s": args.idle_minutes * 60}
     with neighbour(args.neighbours):
         busy_run = timed_make_run(base / "neighbour")
     print(json.dumps({"neighbour": busy_run}), flush=True)
@@ -163,6 +179,9 @@ def main() -> None:
     parser.add_argument("--neighbours", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument(
+        "--idle-minutes", type=float, help="run: skip the idle run and compare with this earlier idle `make run`"
+    )
     parser.add_argument(
         "--wait-policy", nargs="+", default=["default"], help="OpenMP wait policies to try: default, PASSIVE, ACTIVE"
     )

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import sys
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -135,7 +139,7 @@ def test_on_every_can_stop_the_loop_early() -> None:
 
 
 def test_a_crowded_machine_is_named_with_the_thread_count_to_use(caplog) -> None:
-    from generative_augmentation.core.runtime import warn_if_crowded
+    from generative_augmentation.core.crowding import warn_if_crowded
 
     with caplog.at_level("WARNING"):
         assert warn_if_crowded(2, load=2.0, cores=2)
@@ -144,3 +148,39 @@ def test_a_crowded_machine_is_named_with_the_thread_count_to_use(caplog) -> None
     assert not warn_if_crowded(2, load=0.2, cores=2)  # an idle machine: no warning
     assert not warn_if_crowded(1, load=6.0, cores=2)  # one thread does not stall itself
     assert warn_if_crowded(8, load=4.0, cores=8) and "runtime.num_threads=4" in caplog.text
+
+
+def test_idle_openmp_threads_sleep_only_on_a_busy_machine_and_never_against_the_users_choice(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from generative_augmentation.core.crowding import choose_openmp_wait_policy
+
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.delitem(sys.modules, "torch")  # as before anything imported it; restored after the test
+    assert choose_openmp_wait_policy(busy=0.3) is None and "OMP_WAIT_POLICY" not in os.environ
+    assert choose_openmp_wait_policy(busy=1.6) == "PASSIVE" and os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    assert choose_openmp_wait_policy(busy=5.0) is None and os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+    monkeypatch.delenv("OMP_WAIT_POLICY")
+    monkeypatch.setitem(sys.modules, "torch", object())  # OpenMP already read its settings: too late to set one
+    assert choose_openmp_wait_policy(busy=5.0) is None and "OMP_WAIT_POLICY" not in os.environ
+
+
+def test_a_busy_neighbour_is_measured_in_cores() -> None:
+    from generative_augmentation.core.crowding import busy_cores
+
+    if not Path("/proc/stat").exists():
+        pytest.skip("no /proc/stat on this platform")
+    quiet = busy_cores(0.3)
+    stop = time.monotonic() + 1.5
+
+    def spin() -> None:
+        while time.monotonic() < stop:
+            pass
+
+    spinner = threading.Thread(target=spin)
+    spinner.start()  # one core's worth of work, or the machine is busier still
+    loaded = busy_cores(0.6)
+    spinner.join()
+    assert 0.0 <= quiet <= (os.cpu_count() or 1)
+    assert loaded >= 0.7

@@ -23,10 +23,11 @@ from generative_augmentation.core.classifier import (
     train_classifier,
 )
 from generative_augmentation.core.config import Config
+from generative_augmentation.core.crowding import available_cores
 from generative_augmentation.core.generative_metrics import QualityConfig
 from generative_augmentation.core.images import AugmentationConfig, ImageSpec, stack_images
 from generative_augmentation.core.metrics import classification_scores
-from generative_augmentation.core.runtime import available_cores, derive_seed, one_thread
+from generative_augmentation.core.runtime import derive_seed, one_thread
 from generative_augmentation.core.scenarios import ORIGINS, ScenarioConfig
 
 logger = logging.getLogger(__name__)

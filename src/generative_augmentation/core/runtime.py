@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from generative_augmentation.core.config import Config
+from generative_augmentation.core.crowding import available_cores, warn_if_crowded
 
 logger = logging.getLogger(__name__)
 
@@ -71,14 +72,6 @@ def pick_device(preferred: str | None = None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def available_cores() -> int:
-    """The CPU cores this process may use (its affinity mask, not the machine's count)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
-
-
 def peak_rss_mib() -> float:
     """Peak resident memory of this process so far, in MiB."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -113,33 +106,9 @@ def apply_runtime(config: RuntimeConfig) -> dict[str, object]:
     torch.backends.cudnn.deterministic = True
     logger.info("torch uses %d thread(s) (runtime.num_threads)", threads)
     warn_if_crowded(threads)
-    return {"num_threads": threads, "torch": torch.__version__, "cuda": torch.cuda.is_available()}
-
-
-def warn_if_crowded(threads: int, load: float | None = None, cores: int | None = None) -> bool:
-    """Warn when other processes already keep cores busy: torch's threads then stall each other (OpenMP threads
-    spin while they wait for one that is descheduled; docs/benchmarks.md has the measured slowdown). The thread
-    count is not changed behind the user's back: it is part of what makes a run reproducible. Returns whether it
-    warned."""
-    cores = available_cores() if cores is None else cores
-    if load is None:
-        try:
-            load = os.getloadavg()[0]
-        except OSError:  # not available on this platform
-            return False
-    free = cores - load
-    if threads > 1 and free < threads - 0.5:
-        logger.warning(
-            "Other processes keep about %.1f of the %d cores busy (load %.1f): %d torch threads will stall each "
-            "other. Set runtime.num_threads to %d (--params=runtime.num_threads=%d) to run faster; results then "
-            "differ in the last digits from a %d-thread run",
-            min(load, cores),
-            cores,
-            load,
-            threads,
-            max(1, int(free + 0.5)),
-            max(1, int(free + 0.5)),
-            threads,
-        )
-        return True
-    return False
+    return {
+        "num_threads": threads,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
+        "torch": torch.__version__,
+        "cuda": torch.cuda.is_available(),
+    }
