@@ -164,6 +164,9 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the parameter)")
     parser.add_argument("--train-probe-steps", type=int, default=100, help="steps of the training-speed probe")
     parser.add_argument("--feature-size", type=int, default=224, help="EfficientNet-Lite0 input size")
+    parser.add_argument(
+        "--kid-subsets", type=int, default=100, help="KID subsets, each of all the images (at most 1,000) of each set"
+    )
     parser.add_argument("--retrain", action="store_true", help="train a fresh generator even if one is saved")
     parser.add_argument("--output", default=None, help="JSON path (default: <data_dir>/08_reporting/benchmarks/)")
     return parser.parse_args()
@@ -210,7 +213,9 @@ def main() -> None:
     for key, (sampler, sampler_steps, name) in runs.items():
         logger.info("Sampling %d images with %s", len(plan), name)
         fake, seconds = time_sampler(generator, plan, sampler, sampler_steps, guidance)
-        kid_mean, kid_std = kid(real["val"], extractor.embed(fake), seed=params["seed"])
+        kid_mean, kid_std = kid(
+            real["val"], extractor.embed(fake), subset_size=None, subsets=args.kid_subsets, seed=params["seed"]
+        )
         samplers[key] = {
             "name": name,
             "sampler": sampler,
@@ -223,7 +228,9 @@ def main() -> None:
         logger.info("%s: %.1f s, KID %.5f ± %.5f", name, seconds, kid_mean, kid_std)
     for row in samplers.values():
         row["kid_ratio"] = row["kid_mean"] / max(samplers["ddpm_1000"]["kid_mean"], 1e-12)
-    floor_mean, floor_std = kid(real["val"], real["train"], seed=params["seed"])
+    floor_mean, floor_std = kid(
+        real["val"], real["train"], subset_size=None, subsets=args.kid_subsets, seed=params["seed"]
+    )
     speedup = samplers["fast"]["images_per_second"] / samplers["ddpm_1000"]["images_per_second"]
     kid_ratio = samplers["fast"]["kid_ratio"]
     result = {

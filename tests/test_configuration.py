@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 from kedro.config import OmegaConfigLoader
 
 from generative_augmentation.core.generation import GenerationConfig
@@ -15,6 +16,7 @@ from generative_augmentation.validation import PARAMETER_BLOCKS, check_parameter
 
 PROJECT = Path(__file__).resolve().parents[1]
 BLOCKS = {name: config for name, config in PARAMETER_BLOCKS.items() if name not in ("dataset", "generation")}
+GLOBALS = PROJECT / "conf" / "base" / "globals.yml"
 ENVIRONMENTS = ("retinamnist", "odir5k", "odir5k_7class", "image_folder")
 
 
@@ -43,23 +45,30 @@ def test_the_generation_and_dataset_defaults_equal_the_code_defaults() -> None:
     assert base["seed"] == 42
 
 
+def leaves(tree: dict, prefix: str = "") -> dict:
+    """``{"a.b.c": value}`` for every leaf of a nested mapping (an empty mapping is a leaf)."""
+    out = {}
+    for key, value in tree.items():
+        out |= leaves(value, f"{prefix}{key}.") if isinstance(value, dict) and value else {f"{prefix}{key}": value}
+    return out
+
+
 @pytest.mark.parametrize("env", ENVIRONMENTS)
 def test_every_environment_parses_and_states_only_what_differs(env: str) -> None:
-    merged, base = parameters(env), parameters()
+    merged = parameters(env)
     check_parameters(merged)
-    files = [path for path in (PROJECT / "conf" / env).glob("parameters*.yml")]
-    import yaml
+    for pattern, base in (("parameters*.yml", parameters()), ("globals.yml", yaml.safe_load(GLOBALS.read_text()))):
+        base_leaves = leaves(base)
+        for path in (PROJECT / "conf" / env).glob(pattern):
+            for key, value in leaves(yaml.safe_load(path.read_text())).items():
+                assert base_leaves.get(key, object()) != value, f"{path.name}: {key} repeats the base value {value!r}"
 
-    def leaves(tree: dict, prefix: str = "") -> dict:
-        out = {}
-        for key, value in tree.items():
-            out |= leaves(value, f"{prefix}{key}.") if isinstance(value, dict) and value else {f"{prefix}{key}": value}
-        return out
 
-    base_leaves = leaves(base)
-    for path in files:
-        for key, value in leaves(yaml.safe_load(path.read_text())).items():
-            assert base_leaves.get(key, object()) != value, f"{path.name}: {key} repeats the base value {value!r}"
+def test_an_environment_inherits_the_globals_it_does_not_state() -> None:
+    loader = OmegaConfigLoader(str(PROJECT / "conf"), env="image_folder", **CONFIG_LOADER_ARGS)
+    raw = loader["catalog"]["raw_images"]
+    assert (raw["adapter"], raw["options"]) == ("image_folder", {})  # from base: the environment states neither
+    assert raw["root"] == "data/01_raw/image_folder"
 
 
 def test_a_one_key_override_changes_that_key_and_nothing_else() -> None:

@@ -9,10 +9,17 @@ from types import SimpleNamespace
 import mlflow
 import pandas as pd
 import pytest
+from kedro.io import DataCatalog, MemoryDataset
 from matplotlib.figure import Figure
 
 from generative_augmentation.core.runtime import peak_rss_mib
-from generative_augmentation.hooks import log_artifact, node_intervals, scenario_metrics, seconds_per_pipeline
+from generative_augmentation.hooks import (
+    MlflowArtifactHooks,
+    log_artifact,
+    node_intervals,
+    scenario_metrics,
+    seconds_per_pipeline,
+)
 
 
 def test_node_intervals_cover_the_whole_run() -> None:
@@ -76,10 +83,22 @@ def test_saved_objects_are_logged_to_mlflow_by_type(tmp_path: Path, monkeypatch:
         log_artifact("<html></html>", "reporting", "report")
         log_artifact({"threshold": 0.5}, "reporting", "guard")
         log_artifact(record, "models", "labeler")
+        hooks = MlflowArtifactHooks()
+        hooks.after_catalog_created(
+            DataCatalog(
+                {
+                    "synthetic_x1.sample_grid": MemoryDataset(metadata={"mlflow_artifact_path": "samples"}),
+                    "unlogged_table": MemoryDataset(),
+                }
+            )
+        )
+        hooks.after_dataset_saved("synthetic_x1.sample_grid", figure, None)  # namespaced: logged by its own name
+        hooks.after_dataset_saved("unlogged_table", pd.DataFrame({"x": [1]}), None)  # no artifact path: not logged
+    hooks.after_dataset_saved("synthetic_x1.sample_grid", figure, None)  # no active run: nothing to log to
     client = mlflow.tracking.MlflowClient()
     listed = {
         item.path
-        for folder in ("plots", "reporting", "models")
+        for folder in ("plots", "reporting", "models", "samples", "")
         for item in client.list_artifacts(run.info.run_id, folder)
     }
     assert {
@@ -89,6 +108,9 @@ def test_saved_objects_are_logged_to_mlflow_by_type(tmp_path: Path, monkeypatch:
         "reporting/report.html",
         "reporting/guard.json",
         "models/labeler.safetensors",
+        "samples/sample_grid.png",
     } <= listed
+    assert not any("unlogged" in path for path in listed)
+    assert len(client.list_artifacts(run.info.run_id, "samples")) == 1
     table = Path(client.download_artifacts(run.info.run_id, "reporting/table.csv", str(tmp_path)))
     assert table.read_text().splitlines() == ["x", "1", "2"]

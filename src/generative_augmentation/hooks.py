@@ -17,6 +17,7 @@ from kedro.framework.hooks import hook_impl
 from matplotlib.figure import Figure
 
 from generative_augmentation.core.runtime import RuntimeConfig, apply_runtime, peak_rss_mib
+from generative_augmentation.core.scenarios import ScenarioConfig
 from generative_augmentation.datasets.safetensors_model import SafetensorsModelDataset
 
 logger = logging.getLogger(__name__)
@@ -119,20 +120,15 @@ class ScenarioRunHooks:
         if not node.name.endswith("score_on_test") or mlflow.active_run() is None:
             return
         scenario = node.namespace or node.name.split(".")[0]
-        spec = self.scenarios.get(scenario) or {}
         table = outputs.get(f"{scenario}.test_scores")
         if table is None:
             return
+        spec = ScenarioConfig.parse(self.scenarios.get(scenario), f"scenarios.{scenario}")
         for replicate, rows in table.groupby("replicate"):
             with mlflow.start_run(run_name=f"{scenario} replicate {replicate}", nested=True):
-                mlflow.set_tags({"scenario": scenario, "kind": spec.get("kind", "real")})
+                mlflow.set_tags({"scenario": scenario, "kind": spec.kind})
                 mlflow.log_params(
-                    {
-                        "scenario": scenario,
-                        "kind": spec.get("kind", "real"),
-                        "ratio": spec.get("ratio", 0.0),
-                        "replicate": int(replicate),
-                    }
+                    {"scenario": scenario, "kind": spec.kind, "ratio": spec.ratio, "replicate": int(replicate)}
                 )
                 mlflow.log_metrics(scenario_metrics(rows))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import numpy as np
@@ -73,15 +74,15 @@ def test_kid_is_reproducible_for_a_seed_and_varies_across_seeds(
     assert first != other
 
 
-def test_kid_default_subset_size_uses_the_smaller_set(real: np.ndarray, same_distribution: np.ndarray) -> None:
-    _, std = kid(real[:30], same_distribution[:40], subsets=5)
+def test_kid_without_a_subset_size_uses_the_smaller_set(real: np.ndarray, same_distribution: np.ndarray) -> None:
+    _, std = kid(real[:30], same_distribution[:40], subset_size=None, subsets=5, seed=0)
 
     assert std > 0  # 30 of 40 fake rows per subset: subsets differ
 
 
 def test_kid_rejects_a_subset_larger_than_a_set(real: np.ndarray) -> None:
     with pytest.raises(ValueError, match="subset_size"):
-        kid(real, real[:10], subset_size=50)
+        kid(real, real[:10], subset_size=50, subsets=5, seed=0)
 
 
 def test_fid_matches_scipy_reference(real: np.ndarray, same_distribution: np.ndarray) -> None:
@@ -109,7 +110,8 @@ def test_fid_needs_two_rows_per_set(real: np.ndarray) -> None:
 
 
 def test_mismatched_dims_name_both_arrays(real: np.ndarray) -> None:
-    for metric in (fid, kid, precision_recall_knn):
+    kid_of = functools.partial(kid, subset_size=None, subsets=5, seed=0)
+    for metric in (fid, kid_of, precision_recall_knn):
         with pytest.raises(ValueError, match="real_features and fake_features"):
             metric(real, real[:, :5])
 

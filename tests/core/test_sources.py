@@ -39,6 +39,16 @@ def test_unknown_adapter_is_refused(tiny_npz: Path) -> None:
         read_collection("dicom", tiny_npz)
 
 
+def test_an_unknown_adapter_is_refused_with_the_parameter_before_any_reading() -> None:
+    from generative_augmentation.core.config import ConfigError
+    from generative_augmentation.core.preparation import DatasetConfig
+
+    with pytest.raises(
+        ConfigError, match=r"dataset\.adapter must be one of \['image_folder', 'medmnist_npz', 'odir5k'\]"
+    ):
+        DatasetConfig.parse({"adapter": "dicom", "root": "data/01_raw"})
+
+
 def test_csv_without_needed_column_names_it(tiny_odir: Path) -> None:
     table = pd.read_csv(tiny_odir / "full_df.csv").drop(columns=["labels"])
     table.to_csv(tiny_odir / "full_df.csv", index=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -164,6 +165,36 @@ def test_idle_openmp_threads_sleep_only_on_a_busy_machine_and_never_against_the_
     monkeypatch.delenv("OMP_WAIT_POLICY")
     monkeypatch.setitem(sys.modules, "torch", object())  # OpenMP already read its settings: too late to set one
     assert choose_openmp_wait_policy(busy=5.0) is None and "OMP_WAIT_POLICY" not in os.environ
+
+
+TWO_THREAD_FIT = """
+import hashlib, torch
+torch.set_num_threads(2)
+torch.manual_seed(0)
+model = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.SiLU(), torch.nn.Conv2d(16, 3, 3, padding=1))
+optimiser = torch.optim.AdamW(model.parameters(), lr=1e-3)
+images = torch.randn(16, 3, 32, 32)
+for _ in range(5):
+    loss = torch.nn.functional.mse_loss(model(images), images.flip(-1))
+    optimiser.zero_grad()
+    loss.backward()
+    optimiser.step()
+print(hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in model.parameters())).hexdigest())
+"""
+
+
+def test_the_openmp_wait_policy_changes_no_arithmetic() -> None:
+    digests = {}
+    for policy in ("ACTIVE", "PASSIVE"):
+        result = subprocess.run(
+            [sys.executable, "-c", TWO_THREAD_FIT],
+            env=os.environ | {"OMP_WAIT_POLICY": policy},
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        digests[policy] = result.stdout.strip()
+    assert len(digests["ACTIVE"]) == 64 and digests["ACTIVE"] == digests["PASSIVE"]
 
 
 def test_a_busy_neighbour_is_measured_in_cores() -> None:

@@ -208,7 +208,22 @@ def test_the_whole_evaluation_runs_through_kedro_with_a_synthetic_arm(data, synt
     assert probe["class_name"].tolist() == ["b", "c"] and probe["auc"].between(0, 1).all()
     report = outputs["report"].load()
     assert "<h1>Tiny study</h1>" in report and "commit: abc1234" in report
-    assert report.count("data:image/png;base64,") == 3 + 3 + 1  # primary metric, bars, curves; 3 confusions; samples
+    sections = {part.split("</h2>")[0]: part for part in report.split("<h2>")[1:]}
+    images = {heading: section.count("data:image/png;base64,") for heading, section in sections.items()}
+    assert images == {
+        "The pre-registered verdict": 1,  # the primary metric by arm
+        "Estimates": 0,
+        "Data": 0,
+        "Real beside synthetic": 1,
+        "Can synthetic images be told apart? (shortcut probe)": 0,
+        "Per-class recall": 1,
+        "Saturation curves": 1,
+        "Generative quality": 0,
+        "Confusion matrices (summed over replicates, row-normalised)": 3,  # one per arm
+    }
+    assert "No arm of this study draws synthetic images" not in report
+    probe_section = sections["Can synthetic images be told apart? (shortcut probe)"]
+    assert all(f"<td>{name}</td>" in probe_section for name in probe["class_name"])  # the probe's AUC per class
     real_f1 = estimates.query("scenario == 'real' and metric == 'f1'")["mean"].iloc[0]
     assert re.search(rf"<td>real</td><td>27</td><td>[0-9.]+</td><td>{real_f1:.3f} ", report)
     assert "k=2" in report and "95% interval" in report and "synthetic_x1 vs real" not in report

@@ -40,6 +40,10 @@ GENERATION = {
 }
 
 
+STUDY = {"arms": ["real", "s"], "statistics": {"contrasts": [["s", "real"]]}}
+SCENARIOS = {"real": {"kind": "real"}, "s": {"kind": "synthetic", "ratio": 1.0}}
+
+
 @pytest.fixture(scope="module")
 def data() -> tuple[pd.DataFrame, dict]:
     return study_data({"train": [12, 6, 4], "val": [2, 2, 2], "test": [3, 3, 3]}, size=SIZE)
@@ -57,8 +61,8 @@ def run(tmp_path: Path, data: tuple[pd.DataFrame, dict], generation: dict[str, A
             "params:generation": MemoryDataset(generation),
             "params:image": MemoryDataset(IMAGE),
             "params:seed": MemoryDataset(seed),
-            "params:study": MemoryDataset({"arms": ["real", "s"], "statistics": {"contrasts": [["s", "real"]]}}),
-            "params:scenarios": MemoryDataset({"real": {"kind": "real"}, "s": {"kind": "synthetic", "ratio": 1.0}}),
+            "params:study": MemoryDataset(STUDY),
+            "params:scenarios": MemoryDataset(SCENARIOS),
             "generator": GeneratorDataset(str(tmp_path / "generator")),
             "generator_training_log": CSVDataset(filepath=str(tmp_path / "training_log.csv")),
             "synthetic_manifest": ParquetDataset(filepath=str(tmp_path / "synthetic_manifest.parquet")),
@@ -116,7 +120,7 @@ def test_same_seed_same_pool_other_seed_other_seeds(tmp_path: Path, ddpm_run: Da
     first, second = ddpm_run.load("synthetic_images"), again.load("synthetic_images")
     for key, load in first.items():
         np.testing.assert_array_equal(np.asarray(load()), np.asarray(second[key]()))
-    _, other = plan_generation(data[0], None, GENERATION, SEED + 1)
+    _, other = plan_generation(data[0], None, GENERATION, SEED + 1, STUDY, SCENARIOS)
     assert not set(other["seed"]) & set(ddpm_run.load("synthetic_manifest")["seed"])
 
 
@@ -126,12 +130,17 @@ def test_the_report_has_grids_a_loss_curve_metrics_and_the_pool_summary(ddpm_run
         ddpm_run.load("generator_training_log"),
         ddpm_run.load("synthetic_manifest"),
         ddpm_run.load("synthetic_images"),
-        plan_generation(data[0], None, GENERATION, SEED)[0],
+        plan_generation(data[0], None, GENERATION, SEED, STUDY, SCENARIOS)[0],
         data[1],
         GENERATION,
     )
     assert set(grids) == {"overview.png", "c1.png", "c2.png"}
     assert len(grids["overview.png"].axes) == 4 * 3 and len(grids["c1.png"].axes) == 2 * 3
+    for name in ("c1", "c2"):  # each class's grid: its real images above its synthetic ones
+        row_labels = [axis.get_ylabel() for axis in grids[f"{name}.png"].axes if axis.get_ylabel()]
+        assert row_labels == [f"real\n{name}", f"synthetic\n{name}"]
+    overview_rows = [axis.get_ylabel() for axis in grids["overview.png"].axes if axis.get_ylabel()]
+    assert overview_rows == ["real\nc1", "synthetic\nc1", "real\nc2", "synthetic\nc2"]
     assert [line.get_label() for line in curve.axes[0].get_lines()] == ["raw", "moving average (1)"]
     assert metrics["pool_size"]["value"] == 10 and len(metrics["loss"]) == 4
     assert summary.set_index("class_name")["synthetic"].to_dict() == {"c0": 0, "c1": 6, "c2": 4}
@@ -140,7 +149,7 @@ def test_the_report_has_grids_a_loss_curve_metrics_and_the_pool_summary(ddpm_run
 def test_checkpoints_resume_refuse_a_changed_configuration_and_go_after_success(tmp_path: Path, data) -> None:
     manifest, images = data
     keep = {**GENERATION, "keep_checkpoints": True}
-    training_set, _ = plan_generation(manifest, None, keep, SEED)
+    training_set, _ = plan_generation(manifest, None, keep, SEED, STUDY, SCENARIOS)
     _, first = train_generator(training_set, manifest, images, tmp_path, keep, IMAGE, SEED)
     (run_dir,) = tmp_path.iterdir()
     assert run_dir.name.startswith("ddpm-") and [path.name for path in run_dir.iterdir()] == ["step-00000004"]

@@ -120,9 +120,10 @@ class PrecomputedFeatures(nn.Module):
 def kid(
     real_features: np.ndarray,
     fake_features: np.ndarray,
-    subset_size: int | None = None,
-    subsets: int = 100,
-    seed: int = 0,
+    *,
+    subset_size: int | None,
+    subsets: int,
+    seed: int,
 ) -> tuple[float, float]:
     """Kernel Inception Distance: mean and std of the unbiased MMD² over random subsets.
 

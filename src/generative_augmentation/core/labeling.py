@@ -26,6 +26,7 @@ import pandas as pd
 from generative_augmentation.core.classifier import classifier_from_record, predict_proba
 from generative_augmentation.core.config import Config
 from generative_augmentation.core.features import nearest
+from generative_augmentation.core.manifest import kept_synthetic
 
 logger = logging.getLogger(__name__)
 
@@ -301,7 +302,7 @@ def stage_counts(labeled_synthetic: pd.DataFrame, class_names: list[str]) -> pd.
     table = pd.DataFrame(index=pd.Index(class_names, name="class_name"))
     for depth, stage in enumerate(STAGES):
         table[stage] = intended[~reason.isin(DROP_REASONS[:depth])].value_counts().reindex(class_names, fill_value=0)
-    kept = labeled_synthetic[labeled_synthetic["verdict"] == "keep"]
+    kept = kept_synthetic(labeled_synthetic)
     table["kept_by_final_class"] = kept["final_class"].value_counts().reindex(class_names, fill_value=0)
     table.loc["total"] = table.sum()
     return table.astype(int).reset_index()

@@ -47,6 +47,11 @@ def split_rows(manifest: pd.DataFrame, split: str) -> pd.DataFrame:
     return rows
 
 
+def kept_synthetic(labeled_synthetic: pd.DataFrame) -> pd.DataFrame:
+    """The synthetic images the labeler and the guard kept (``verdict == "keep"``)."""
+    return labeled_synthetic[labeled_synthetic["verdict"] == "keep"]
+
+
 def train_counts(manifest: pd.DataFrame) -> pd.Series:
     """Real train images per class name, in label order (0 for a class without train images)."""
     counts = manifest[manifest["split"] == "train"].groupby("class_name").size()

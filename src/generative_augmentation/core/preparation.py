@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from generative_augmentation.core.config import Config, ConfigError
 from generative_augmentation.core.images import ImageSpec, array_to_pil, content_hash, to_array
 from generative_augmentation.core.manifest import MANIFEST_COLUMNS, SPLITS
-from generative_augmentation.core.sources import RawCollection, folder_name_problem
+from generative_augmentation.core.sources import READERS, RawCollection, folder_name_problem
 from generative_augmentation.core.splits import (
     carve_group_split,
     linked_groups,
@@ -37,12 +37,13 @@ class DatasetConfig(Config):
     folders of the outputs, so it must be a valid folder name."""
 
     where = "dataset"
-    adapter: Literal["medmnist_npz", "odir5k", "image_folder"]
+    adapter: str  # one of core.sources.READERS
     root: str
     classes: list[str | int] = field(default_factory=list)
     class_names: dict[str, str] = field(default_factory=dict)
 
     def checks(self):
+        yield "adapter", self.adapter in READERS, f"must be one of {sorted(READERS)}, got {self.adapter!r}"
         yield "root", bool(self.root), "is empty: give the dataset's folder or file"
         codes = [str(code) for code in self.classes]
         yield "classes", len(set(codes)) == len(codes), f"repeats a class: {codes}"

@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from generative_augmentation.core.config import Config, ConfigError
-from generative_augmentation.core.manifest import resolve_classes, split_rows, train_counts
+from generative_augmentation.core.manifest import kept_synthetic, resolve_classes, split_rows, train_counts
 from generative_augmentation.core.runtime import derive_seed, numpy_rng
 
 logger = logging.getLogger(__name__)
@@ -184,9 +184,12 @@ class StudyConfig(Config):
         return resolve_classes(self.augment_classes, counts, self.parameter("augment_classes"))
 
 
-def study_scenarios(study: Mapping[str, Any] | None, scenarios: Mapping[str, Any] | None) -> dict[str, ScenarioConfig]:
-    """``{name: ScenarioConfig}`` of the arms ``study.arms`` names, parsed from ``scenarios``, in that order."""
-    config = StudyConfig.parse(study)
+def study_scenarios(
+    study: StudyConfig | Mapping[str, Any] | None, scenarios: Mapping[str, Any] | None
+) -> dict[str, ScenarioConfig]:
+    """``{name: ScenarioConfig}`` of the arms ``study.arms`` names (``study`` parsed or not), parsed from
+    ``scenarios``, in that order."""
+    config = study if isinstance(study, StudyConfig) else StudyConfig.parse(study)
     definitions = dict(scenarios or {})
     unknown = [name for name in config.arms if name not in definitions]
     if unknown:
@@ -317,7 +320,7 @@ def synthetic_rows(labeled_synthetic: pd.DataFrame, wanted: dict[str, int], seed
     Every scenario takes a prefix of the same per-class permutation, so ``synthetic_x1`` is contained in
     ``synthetic_x2``: a ratio curve measures the ratio, not a different draw.
     """
-    kept = labeled_synthetic[labeled_synthetic["verdict"] == "keep"]
+    kept = kept_synthetic(labeled_synthetic)
     parts = []
     for class_name, count in wanted.items():
         pool = kept[kept["final_class"] == class_name].sort_values("image_id")

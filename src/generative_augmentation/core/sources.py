@@ -50,15 +50,14 @@ class RawCollection:
 
 def read_collection(adapter: str, root: str | Path, **options) -> RawCollection:
     """Read the collection at ``root`` with the named adapter."""
-    readers = {"medmnist_npz": read_medmnist_npz, "odir5k": read_odir5k, "image_folder": read_image_folder}
-    if adapter not in readers:
+    if adapter not in READERS:
         raise ValueError(
-            f"Unknown dataset adapter {adapter!r} (parameter dataset.adapter); use one of {sorted(readers)}"
+            f"Unknown dataset adapter {adapter!r} (parameter dataset.adapter); use one of {sorted(READERS)}"
         )
     root = Path(root)
     if not root.exists():
         raise FileNotFoundError(f"Dataset root {str(root)!r} (parameter dataset.root) does not exist")
-    collection = readers[adapter](root, **options)
+    collection = READERS[adapter](root, **options)
     _check_unique_ids(collection.records)
     return collection
 
@@ -375,3 +374,11 @@ def _split_folders(root: Path) -> list[tuple[str | None, Path]]:
     if others:
         logger.warning("Ignored folder(s) %s under %s: not split folders %s", others, root, list(SPLIT_FOLDER_NAMES))
     return [(split, found[split]) for split in SPLITS if split in found]
+
+
+#: The dataset adapters by name (``dataset.adapter``): the one list of them.
+READERS: dict[str, Callable[..., RawCollection]] = {
+    "medmnist_npz": read_medmnist_npz,
+    "odir5k": read_odir5k,
+    "image_folder": read_image_folder,
+}

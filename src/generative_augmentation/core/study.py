@@ -39,7 +39,6 @@ from generative_augmentation.core.scenarios import (
 
 logger = logging.getLogger(__name__)
 
-CONFUSION_METRICS = ("f1", "balanced_accuracy", "accuracy", "precision", "minority_recall")
 HEADLINE_METRICS = ("f1", "balanced_accuracy", "auc", "minority_recall", "accuracy", "precision")
 
 

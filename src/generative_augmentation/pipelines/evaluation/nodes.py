@@ -15,7 +15,7 @@ from generative_augmentation.core.classifier import ClassifierConfig
 from generative_augmentation.core.evaluation import EvaluationConfig
 from generative_augmentation.core.generative_metrics import quality_table
 from generative_augmentation.core.images import AugmentationConfig, ImageSpec, stack_images
-from generative_augmentation.core.manifest import class_names, split_arrays, split_rows
+from generative_augmentation.core.manifest import class_names, kept_synthetic, split_arrays, split_rows
 from generative_augmentation.core.metrics import confusion
 from generative_augmentation.core.plots import (
     confusion_matrix_figure,
@@ -86,7 +86,7 @@ def analyse(
     """The pre-registered primary contrasts (Holm-corrected verdicts), every arm's estimates with intervals, and
     the contrasts as MLflow metrics. ``arm_outputs``: ``<arm>__predictions`` and ``<arm>__history`` per arm."""
     config = StudyConfig.parse(study_parameters)
-    arms = study_scenarios(study_parameters, definitions)
+    arms = study_scenarios(config, definitions)
     names = class_names(manifest)
     minority = [names.index(name) for name in config.minority_class_names(manifest)]
     primary, estimates = study.analyse(
@@ -121,7 +121,11 @@ def collect_metrics(
 
 def plot_primary_metric(scenario_metrics: pd.DataFrame, study_parameters: dict[str, Any]) -> Figure:
     """The primary metric of every classifier, by arm (one box per arm): the view that answers the question."""
-    metric = StudyConfig.parse(study_parameters).statistics.primary_metric
+    return _primary_metric_figure(scenario_metrics, StudyConfig.parse(study_parameters))
+
+
+def _primary_metric_figure(scenario_metrics: pd.DataFrame, config: StudyConfig) -> Figure:
+    metric = config.statistics.primary_metric
     return metric_by_scenario(scenario_metrics, "f1" if metric == "minority_recall" else metric)
 
 
@@ -148,7 +152,7 @@ def probe_shortcut(
 ) -> pd.DataFrame:
     """Per class: how well a small classifier tells kept synthetic images from real train images (AUC)."""
     spec, names = ImageSpec.parse(image), class_names(manifest)
-    kept = labeled_synthetic[labeled_synthetic["verdict"] == "keep"]
+    kept = kept_synthetic(labeled_synthetic)
     real = split_arrays(manifest, real_images, "train", spec)
     fake = (stack_images(synthetic_images, kept["image_key"], spec), kept["final_label"].to_numpy(dtype=np.int64))
     return shortcut_probe(real, fake, names, ClassifierConfig.parse(classifier), seed)
@@ -164,7 +168,7 @@ def measure_generative_quality(
     seed: int,
 ) -> pd.DataFrame:
     """KID, FID, precision and recall of the kept synthetic images per class, against real reference images."""
-    kept = labeled_synthetic[labeled_synthetic["verdict"] == "keep"]
+    kept = kept_synthetic(labeled_synthetic)
     config = EvaluationConfig.parse(evaluation_parameters).quality
     return quality_table(manifest, real_images, kept, synthetic_images, ImageSpec.parse(image), config, seed)
 
@@ -179,7 +183,7 @@ def draw_samples(
 ) -> Figure:
     """Random real train images beside random kept synthetic images, per class that has synthetic images."""
     spec, rng, per_row = ImageSpec.parse(image), numpy_rng(seed), 8
-    kept = labeled_synthetic[labeled_synthetic["verdict"] == "keep"]
+    kept = kept_synthetic(labeled_synthetic)
     train = split_rows(manifest, "train")
     real, fake = {}, {}
     for name, rows in kept.groupby("final_class"):
@@ -209,7 +213,7 @@ def write_report(
     config, names = StudyConfig.parse(study_parameters), class_names(manifest)
     level = 1 - config.statistics.alpha
     figures = {
-        "primary_metric": plot_primary_metric(scenario_metrics, study_parameters),
+        "primary_metric": _primary_metric_figure(scenario_metrics, config),
         "ratio_curves": ratio_curves(scenario_estimates, level),
         "recall_bars": recall_bars(scenario_estimates, names, level),
     }

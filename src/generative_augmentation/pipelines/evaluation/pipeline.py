@@ -5,7 +5,7 @@ parameter subtree ``scenarios.<name>``, as the kedro-viz demo's modelling pipeli
 """
 
 from collections.abc import Mapping
-from functools import partial
+from functools import partial, update_wrapper
 
 from kedro.pipeline import Pipeline, node
 
@@ -46,7 +46,7 @@ def scenario_template(name: str, spec: ScenarioConfig) -> Pipeline:
     return Pipeline(
         [
             node(
-                partial(train_classifiers, arm=name),
+                update_wrapper(partial(train_classifiers, arm=name), train_classifiers),
                 inputs,
                 ["classifier", "training_history"],
                 name="train_classifier",

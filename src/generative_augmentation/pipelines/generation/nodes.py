@@ -41,12 +41,12 @@ def plan_generation(
     clusters: pd.DataFrame | None,
     generation: dict[str, Any],
     seed: int,
-    study: dict[str, Any] | None = None,
-    scenarios: dict[str, Any] | None = None,
+    study: dict[str, Any],
+    scenarios: dict[str, Any],
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The generator's training set (real train only) and the pool plan, one row per synthetic image, sized for
     what the study's arms draw when ``generation.pool`` says auto."""
-    arms = study_scenarios(study, scenarios) if study is not None else None
+    arms = study_scenarios(study, scenarios)
     return plan_pool(manifest, clusters, GenerationConfig.parse(generation), seed, arms)
 
 

@@ -18,10 +18,14 @@ def assemble_training_manifest(
     labeled_synthetic: pd.DataFrame | None = None,
     selected_images: pd.DataFrame | None = None,
     controlled: dict[str, Any] | None = None,
+    *,
+    arm: str,
+    control_arm: str | None = None,
 ) -> pd.DataFrame:
-    """The training manifest of one scenario (its parameter subtree ``scenarios.<name>``)."""
-    spec = ScenarioConfig.parse(scenario, "scenario")
-    control = ScenarioConfig.parse(controlled, "scenario.controls") if controlled is not None else None
+    """The training manifest of the arm ``arm`` (its parameter subtree ``scenario`` is ``scenarios.<arm>``; that of
+    the arm it controls, ``controlled``, is ``scenarios.<control_arm>``)."""
+    spec = ScenarioConfig.parse(scenario, f"scenarios.{arm}")
+    control = ScenarioConfig.parse(controlled, f"scenarios.{control_arm}") if controlled is not None else None
     return scenarios.assemble(
         spec, StudyConfig.parse(study), manifest, seed, labeled_synthetic, selected_images, control
     )

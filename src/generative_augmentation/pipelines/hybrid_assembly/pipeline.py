@@ -6,6 +6,7 @@ gives each model type its own ``<model>.model_options``.
 """
 
 from collections.abc import Mapping
+from functools import partial, update_wrapper
 
 from kedro.pipeline import Pipeline, node
 
@@ -14,8 +15,8 @@ from generative_augmentation.core.scenarios import ScenarioConfig
 from .nodes import assemble_training_manifest, summarise_scenarios
 
 
-def scenario_template(spec: ScenarioConfig) -> Pipeline:
-    """The assembly of one scenario; its inputs follow its kind."""
+def scenario_template(name: str, spec: ScenarioConfig) -> Pipeline:
+    """The assembly of the arm ``name``; its inputs follow its kind."""
     inputs = {"manifest": "manifest", "scenario": "params:scenario", "study": "params:study", "seed": "params:seed"}
     if spec.uses_synthetic:
         inputs["labeled_synthetic"] = "labeled_synthetic"
@@ -23,16 +24,19 @@ def scenario_template(spec: ScenarioConfig) -> Pipeline:
         inputs["selected_images"] = "selected_images"
     if spec.controls is not None:
         inputs["controlled"] = "params:controlled"
-    return Pipeline([node(assemble_training_manifest, inputs, "training_manifest", name="assemble")])
+    assemble = update_wrapper(
+        partial(assemble_training_manifest, arm=name, control_arm=spec.controls), assemble_training_manifest
+    )
+    return Pipeline([node(assemble, inputs, "training_manifest", name="assemble")])
 
 
 def create_pipeline(arms: Mapping[str, ScenarioConfig] | None = None, **kwargs) -> Pipeline:
     arms = arms or {"real": ScenarioConfig()}
     per_scenario = [
         Pipeline(
-            scenario_template(spec),
+            scenario_template(name, spec),
             namespace=name,
-            inputs={"manifest", "labeled_synthetic", "selected_images"} & set(scenario_template(spec).inputs()),
+            inputs={"manifest", "labeled_synthetic", "selected_images"} & set(scenario_template(name, spec).inputs()),
             parameters={
                 "params:scenario": f"params:scenarios.{name}",
                 "params:study": "params:study",
