@@ -17,7 +17,7 @@ from generative_augmentation.validation import PARAMETER_BLOCKS, check_parameter
 PROJECT = Path(__file__).resolve().parents[1]
 BLOCKS = {name: config for name, config in PARAMETER_BLOCKS.items() if name not in ("dataset", "generation")}
 GLOBALS = PROJECT / "conf" / "base" / "globals.yml"
-ENVIRONMENTS = ("retinamnist", "odir5k", "odir5k_7class", "image_folder")
+ENVIRONMENTS = ("retinamnist", "odir5k", "odir5k_7class", "image_folder", "brain_mri")
 
 
 def parameters(env: str = "base", runtime_params: dict | None = None) -> dict:

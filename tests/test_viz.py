@@ -21,7 +21,7 @@ from tests.test_project_run import make_project
 
 LAYERS = ("raw", "intermediate", "primary", "feature", "model_input", "models", "model_output", "reporting")
 UPSTREAM = ("data_preparation", "feature_clustering", "generation", "pseudo_labeling", "reduction")
-ENVIRONMENTS = (None, "odir5k", "odir5k_7class")  # None: the default environment
+ENVIRONMENTS = (None, "odir5k", "odir5k_7class", "brain_mri")  # None: the default environment
 
 
 def is_parameter(name: str) -> bool:
