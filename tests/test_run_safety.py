@@ -64,7 +64,10 @@ COMMAND_LINE = [
     ("generation.ddpm.sampling.steps=0", r"Parameter generation.ddpm.sampling.steps must be at least 1, got 0$"),
     ("generation.ddpm.sampling.batch_size=0", r"Parameter generation.ddpm.sampling.batch_size must be at least 1"),
     ("generation.ddpm.sampling.guidance_scale=-1", r"Parameter generation.ddpm.sampling.guidance_scale must be at"),
-    ("generation.generator=gan", r"Parameter generation.generator must be one of \['ddpm', 'stable_diffusion'\]"),
+    (
+        "generation.generator=vae",
+        r"Parameter generation.generator must be one of \['ddpm', 'gan', 'stable_diffusion'\], got 'vae'$",
+    ),
     ("split.cross_split_duplicates=keep", r"Parameter split.cross_split_duplicates must be one of \['fail', 'drop_"),
     ("study.statistics.contrasts=[]", r"Parameter study.statistics.contrasts is empty"),
 ]

@@ -177,7 +177,7 @@ def test_cluster_settings_and_stale_clusters_are_named(manifest: pd.DataFrame) -
         ({"classes": ["c1", "retina"]}, r"generation.classes names \['retina'\].*known: \['c0', 'c1', 'c2'\]"),
         ({"classes": []}, r"generation.classes is an empty list"),
         ({"min_train_images_per_class": 5}, r"Class 'c2' has 4 train images.*generation.min_train_images_per_class"),
-        ({"generator": "gan"}, r"generation.generator must be one of"),
+        ({"generator": "vae"}, r"generation.generator must be one of"),
         ({"ddpm": {"sampling": {"sampler": "euler"}}}, r"generation.ddpm.sampling.sampler must be one of"),
         ({"ddpm": {"sampling": {"steps": 0}}}, r"generation.ddpm.sampling.steps must be at least 1"),
         ({"ddpm": {"sampling": {"batch_size": 0}}}, r"generation.ddpm.sampling.batch_size must be at least 1"),

@@ -1,6 +1,7 @@
 """Every generator behind one interface: fit, sample with one seed per image, save, load, resume exactly.
 
-The DDPM is tiny (8 px, two UNet levels); Stable Diffusion is a tiny random pipeline built offline.
+The DDPM is tiny (8 px, two UNet levels); the GAN has 8-channel levels and a 16-number latent; Stable Diffusion is
+a tiny random pipeline built offline.
 """
 
 from __future__ import annotations
@@ -12,8 +13,17 @@ import pandas as pd
 import pytest
 import torch
 
+from generative_augmentation.core.generation import GenerationConfig
 from generative_augmentation.core.generators import GENERATORS, TrainingImages, generator_class, load_generator
 from generative_augmentation.core.generators.ddpm import DDPMSettings, condition_indices, min_snr_weights
+from generative_augmentation.core.generators.gan import (
+    WEIGHTS_FILE,
+    GANSettings,
+    ModeCollapseError,
+    TrainingLog,
+    generation_side,
+    pairwise_diversity,
+)
 from generative_augmentation.core.generators.stable_diffusion import StableDiffusionSettings
 from generative_augmentation.core.images import ImageSpec
 from generative_augmentation.core.training import Checkpointer, latest_checkpoint
@@ -64,9 +74,9 @@ def trained():
 
 
 def test_the_registry_holds_every_kind() -> None:
-    assert {"ddpm", "stable_diffusion"} <= set(GENERATORS)
-    with pytest.raises(ValueError, match=r"generation.generator must be one of \[.*'ddpm'.*got 'gan'"):
-        generator_class("gan")
+    assert {"ddpm", "gan", "stable_diffusion"} <= set(GENERATORS)
+    with pytest.raises(ValueError, match=r"generation.generator must be one of \['ddpm', 'gan', .*got 'vae'"):
+        generator_class("vae")
 
 
 def test_ddpm_training_loss_falls_and_the_classes_come_out_apart(trained) -> None:
@@ -231,6 +241,200 @@ def test_an_interrupted_ddpm_run_resumes_to_the_uninterrupted_weights(
         assert torch.equal(resumed.pipeline.unet.state_dict()[name], tensor), name
     with pytest.raises(ValueError, match="generation.ddpm.learning_rate: checkpoint 0.002, now 0.01"):
         ddpm(ddpm_settings(learning_rate=0.01)).fit(two_tone(), checkpoint_dir=tmp_path, progress=False)
+
+
+# --- the small-data GAN ------------------------------------------------------------------------------------------
+def gan_settings(**changes: object) -> GANSettings:
+    values = {
+        "latent_size": 16,
+        "generator_width": 8,
+        "discriminator_width": 8,
+        "train_steps": 6,
+        "batch_size": 8,
+        "checkpoint_every": 2,
+        "sample_batch_size": 3,
+        "collapse": {"check_every": 2, "start_step": 0, "samples_per_class": 4, "real_per_class": 8},
+    }
+    return GANSettings.parse({**values, **changes})
+
+
+def gan(settings: GANSettings | None = None, image: ImageSpec = IMAGE, seed: int = 3):
+    return generator_class("gan")(settings or gan_settings(), image, NAMES, 0, seed, "cpu")
+
+
+def noisy_two_tone(channels: int = 3, size: int = SIZE, per_class: int = 8) -> TrainingImages:
+    """Dark noise and bright noise: the real images of each class differ, so their diversity is measurable."""
+    labels = np.repeat(np.arange(2), per_class).astype(np.int64)
+    images = np.random.default_rng(0).integers(0, 100, (len(labels), size, size, channels), dtype=np.uint8)
+    images[labels == 1] += 155
+    return TrainingImages(images, labels, np.zeros(len(labels), dtype=np.int64), NAMES, num_clusters=0)
+
+
+@pytest.fixture(scope="module")
+def trained_gan():
+    generator = gan(gan_settings(train_steps=20))
+    generator.fit(noisy_two_tone(), progress=False)
+    return generator
+
+
+@pytest.mark.parametrize(("size", "mode"), [(16, "L"), (28, "RGB"), (32, "RGB"), (64, "L")])
+def test_the_gan_fits_and_samples_each_working_size_and_colour_mode(size: int, mode: str) -> None:
+    image = ImageSpec(size=size, mode=mode)
+    generator = gan(gan_settings(train_steps=2, collapse={"check_every": 0}), image)
+    losses = generator.fit(noisy_two_tone(image.channels, size), progress=False)
+    assert len(losses) == 2 and np.isfinite(losses).all()
+    assert len(generator.training["generator_loss_history"]) == 2 and generator.training["diversity"] == []
+    assert generation_side(size) == (32 if size == 28 else size)  # 28 px is generated at 32 and resized
+    images = generator.generate(rows([0, 1, 1], [1, 2, 3], generator), progress=False)
+    assert images.shape == (3, size, size, image.channels) and images.dtype == np.uint8
+    assert generator.sampling_record(generator.settings, "white")["sampler"] == "gan"
+    assert not generator.conditions_on_clusters(generator.settings)
+
+
+def test_each_gan_image_depends_only_on_its_own_seed(trained_gan) -> None:
+    plan = rows([0, 1, 0, 1, 1], [11, 12, 13, 14, 12], trained_gan)
+    batch = trained_gan.generate(plan, progress=False)  # sample_batch_size 3: two chunks
+    alone = trained_gan.generate(plan.iloc[[3]], progress=False)
+    assert np.abs(alone[0].astype(int) - batch[3].astype(int)).max() <= 1
+    np.testing.assert_array_equal(trained_gan.generate(plan, progress=False), batch)
+    assert np.abs(batch[1].astype(int) - batch[4].astype(int)).max() <= 1  # same seed, same class: same image
+    assert not np.array_equal(batch[0], batch[2])  # another seed: another image
+    swapped = trained_gan.generate(plan.iloc[[1]].assign(label=0), progress=False)
+    assert not np.array_equal(swapped[0], batch[1])  # the same seed in another class: another image
+    with pytest.raises(ValueError, match=r"label values must be in \[0, 2\)"):
+        trained_gan.generate(rows([2], [1], trained_gan), progress=False)
+
+
+def test_the_gan_round_trips_through_its_folder(trained_gan, tmp_path: Path) -> None:
+    folder = trained_gan.save(tmp_path / "generator")
+    assert (folder / WEIGHTS_FILE).is_file()
+    loaded = load_generator(folder)
+    assert loaded.kind == "gan" and loaded.settings == trained_gan.settings and loaded.class_names == NAMES
+    assert loaded.training == trained_gan.training  # losses, diversity log, collapses
+    assert loaded.fingerprint() == trained_gan.fingerprint()
+    plan = rows([0, 1, 1], [7, 8, 9], trained_gan)
+    np.testing.assert_array_equal(loaded.generate(plan, progress=False), trained_gan.generate(plan, progress=False))
+
+
+def test_an_interrupted_gan_run_resumes_to_the_uninterrupted_weights_and_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    uninterrupted = gan()
+    uninterrupted.fit(noisy_two_tone(), progress=False)
+    crash_after(monkeypatch, 4)
+    with pytest.raises(KeyboardInterrupt):
+        gan().fit(noisy_two_tone(), checkpoint_dir=tmp_path, progress=False)
+    monkeypatch.undo()
+    assert latest_checkpoint(tmp_path).name == "step-00000004"
+    resumed = gan(gan_settings(collapse={"check_every": 2, "start_step": 0, "samples_per_class": 4, "threshold": 0}))
+    resumed.fit(noisy_two_tone(), checkpoint_dir=tmp_path, progress=False)  # collapse settings may change
+    for key in ("loss_history", "generator_loss_history", "diversity"):
+        assert resumed.training[key] == uninterrupted.training[key], key
+    assert [row["step"] for row in resumed.training["diversity"]] == [2, 2, 4, 4, 6, 6]
+    for name, tensor in uninterrupted.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[name], tensor), name
+    with pytest.raises(ValueError, match="generation.gan.discriminator_learning_rate: checkpoint 0.0002, now 0.001"):
+        gan(gan_settings(discriminator_learning_rate=0.001)).fit(
+            noisy_two_tone(), checkpoint_dir=tmp_path, progress=False
+        )
+
+
+def test_gan_diversity_is_near_zero_for_near_copies_and_large_for_varied_images() -> None:
+    rng = torch.Generator().manual_seed(0)
+    varied = torch.rand(8, 3, 32, 32, generator=rng) * 2 - 1
+    one = varied[:1].repeat(8, 1, 1, 1)
+    assert pairwise_diversity(one) == 0
+    near_copies = one + 0.01 * torch.randn(8, 3, 32, 32, generator=rng)
+    checkerboard = (torch.arange(32)[:, None] + torch.arange(32)[None, :]) % 2 * 0.4 - 0.2
+    textured = one + checkerboard * torch.randint(0, 2, (8, 1, 1, 1), generator=rng)  # fine texture only
+    assert pairwise_diversity(varied) > 0.1
+    for copies in (near_copies, textured):
+        assert pairwise_diversity(copies) < 0.05 * pairwise_diversity(varied)
+    with pytest.raises(ValueError, match="at least 2 images"):
+        pairwise_diversity(varied[:1])
+
+
+class IgnoresItsLatent(torch.nn.Module):
+    """A collapsed generator: one image per class whatever the latent."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.image = torch.nn.Parameter(torch.zeros(2, 3, SIZE, SIZE))
+
+    def forward(self, latents: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self.image[labels]
+
+
+def test_a_collapsed_gan_stops_the_run_naming_the_class_step_ratio_and_parameter() -> None:
+    generator = gan(gan_settings(collapse={"start_step": 0}))  # the default threshold
+    references = {0: 0.3, 1: 0.3}
+    with pytest.raises(ModeCollapseError) as raised:
+        generator._check_collapse(IgnoresItsLatent(), references, 250, TrainingLog())
+    message = str(raised.value)
+    assert "collapsed on class 'black' at step 250" in message and "0.000 times as diverse" in message
+    assert (
+        "generation.gan.collapse.threshold = 0.2" in message and "generation.gan.collapse.on_collapse: warn" in message
+    )
+    healthy = gan(gan_settings(train_steps=4))
+    healthy.fit(noisy_two_tone(), progress=False)  # the default threshold does not trip on an ordinary model
+    assert healthy.training["collapses"] == [] and len(healthy.training["diversity"]) == 4
+
+
+def test_gan_collapse_checks_stop_the_run_before_the_checkpoint_or_are_recorded_with_warn(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    strict = {"check_every": 2, "start_step": 4, "samples_per_class": 4, "threshold": 1000.0}  # any model trips it
+    with pytest.raises(ModeCollapseError, match=r"class 'black' at step 4: .* below generation.gan.collapse.thr"):
+        gan(gan_settings(collapse=strict)).fit(noisy_two_tone(), checkpoint_dir=tmp_path, progress=False)
+    assert latest_checkpoint(tmp_path).name == "step-00000002"  # the collapsed step is not checkpointed
+    warned = gan(gan_settings(collapse={**strict, "on_collapse": "warn"}))
+    with caplog.at_level("WARNING"):
+        warned.fit(noisy_two_tone(), progress=False)
+    record = warned.training
+    assert [(row["step"], row["class_name"]) for row in record["diversity"]] == [
+        (4, "black"),
+        (4, "white"),
+        (6, "black"),
+        (6, "white"),
+    ]
+    assert all(row["ratio"] == row["diversity"] / row["real_diversity"] for row in record["diversity"])
+    assert [(row["step"], row["class_name"]) for row in record["collapses"]] == [
+        (4, "black"),
+        (4, "white"),
+        (6, "black"),
+        (6, "white"),
+    ]
+    assert record["collapses"][0]["threshold"] == 1000.0
+    assert "collapsed on class 'white' at step 6" in caplog.text and "on_collapse is warn" in caplog.text
+    assert load_generator(warned.save(tmp_path / "warned")).training["collapses"] == record["collapses"]
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"train_steps": 0}, r"generation.gan.train_steps must be at least 1, got 0"),
+        ({"batch_size": 0}, r"generation.gan.batch_size must be at least 1, got 0"),
+        ({"generator_learning_rate": 0}, r"generation.gan.generator_learning_rate must be positive"),
+        ({"betas": [0.5]}, r"generation.gan.betas must be two numbers in \[0, 1\), got \[0.5\]"),
+        ({"betas": [0.5, 1.0]}, r"generation.gan.betas must be two numbers in \[0, 1\)"),
+        ({"ema_decay": 1.0}, r"generation.gan.ema_decay must be in \[0, 1\)"),
+        ({"diffaugment": ["zoom"]}, r"generation.gan.diffaugment\[0\] must be one of \['color', 'translation', 'cu"),
+        ({"collapse": {"threshold": -1}}, r"generation.gan.collapse.threshold must be at least 0"),
+        ({"collapse": {"samples_per_class": 1}}, r"generation.gan.collapse.samples_per_class must be at least 2"),
+        ({"collapse": {"on_collapse": "ignore"}}, r"generation.gan.collapse.on_collapse must be one of \['fail', 'w"),
+        ({"learning_rate": 0.1}, r"Unknown parameter\(s\) generation.gan.learning_rate"),
+    ],
+)
+def test_bad_gan_settings_are_named_in_full(values: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        GANSettings.parse(values)
+    with pytest.raises(ValueError, match=message):
+        GenerationConfig.parse({"generator": "gan", "gan": values})
+
+
+def test_the_generation_block_chooses_the_gan() -> None:
+    config = GenerationConfig.parse({"generator": "gan", "gan": {"train_steps": 7}})
+    assert config.generator_class is generator_class("gan") and config.settings == GANSettings(train_steps=7)
 
 
 # --- Stable Diffusion with LoRA ---------------------------------------------------------------------------------

@@ -193,6 +193,29 @@ def test_stable_diffusion_lora_makes_the_pool_through_the_same_nodes(tmp_path: P
         assert synthetic["strength"].isna().all() and (synthetic["source_image_id"] == "").all()
 
 
+def test_the_gan_makes_the_pool_through_the_same_nodes_and_one_row_regenerates_its_image(tmp_path: Path, data) -> None:
+    gan = {
+        "latent_size": 16,
+        "generator_width": 8,
+        "discriminator_width": 8,
+        "train_steps": 4,
+        "batch_size": 8,
+        "checkpoint_every": 2,
+        "collapse": {"check_every": 2, "start_step": 0, "samples_per_class": 4},
+    }
+    catalog = run(tmp_path, data, {**GENERATION, "generator": "gan", "gan": gan})
+    synthetic, images = catalog.load("synthetic_manifest"), catalog.load("synthetic_images")
+    assert synthetic.groupby("intended_class").size().to_dict() == {"c1": 6, "c2": 4}
+    assert (synthetic["generator"] == "gan").all() and (synthetic["sampler"] == "gan").all()
+    assert set(images) == set(synthetic["image_key"]) and all(load().size == (SIZE, SIZE) for load in images.values())
+    generator = catalog.load("generator")
+    assert generator.kind == "gan" and len(catalog.load("generator_training_log")) == 4
+    assert {row["class_name"] for row in generator.training["diversity"]} == {"c0", "c1", "c2"}
+    row = synthetic.iloc[[7]]
+    again = generate_pool(generator, row, data[1], progress=False)
+    np.testing.assert_array_equal(again[0], np.asarray(images[row["image_key"].iloc[0]]()))
+
+
 class Killed(BaseException):
     """Stands for a kill: nothing catches it on the way out."""
 
