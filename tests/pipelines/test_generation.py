@@ -193,7 +193,9 @@ def test_stable_diffusion_lora_makes_the_pool_through_the_same_nodes(tmp_path: P
         assert synthetic["strength"].isna().all() and (synthetic["source_image_id"] == "").all()
 
 
-def test_the_gan_makes_the_pool_through_the_same_nodes_and_one_row_regenerates_its_image(tmp_path: Path, data) -> None:
+def test_the_gan_makes_the_pool_through_the_same_nodes_and_one_row_regenerates_its_image(
+    tmp_path: Path, data, caplog: pytest.LogCaptureFixture
+) -> None:
     gan = {
         "latent_size": 16,
         "generator_width": 8,
@@ -201,7 +203,14 @@ def test_the_gan_makes_the_pool_through_the_same_nodes_and_one_row_regenerates_i
         "train_steps": 4,
         "batch_size": 8,
         "checkpoint_every": 2,
-        "collapse": {"check_every": 2, "start_step": 0, "samples_per_class": 4},
+        # Any tiny model is "collapsed" against a threshold of 1000: warn lets the pool be made and says so.
+        "collapse": {
+            "check_every": 2,
+            "start_step": 0,
+            "samples_per_class": 4,
+            "threshold": 1000,
+            "on_collapse": "warn",
+        },
     }
     catalog = run(tmp_path, data, {**GENERATION, "generator": "gan", "gan": gan})
     synthetic, images = catalog.load("synthetic_manifest"), catalog.load("synthetic_images")
@@ -211,6 +220,20 @@ def test_the_gan_makes_the_pool_through_the_same_nodes_and_one_row_regenerates_i
     generator = catalog.load("generator")
     assert generator.kind == "gan" and len(catalog.load("generator_training_log")) == 4
     assert {row["class_name"] for row in generator.training["diversity"]} == {"c0", "c1", "c2"}
+    with caplog.at_level("WARNING"):
+        _, _, metrics, summary = report_generation(
+            generator,
+            catalog.load("generator_training_log"),
+            synthetic,
+            images,
+            plan_generation(data[0], None, GENERATION, SEED, STUDY, SCENARIOS)[0],
+            data[1],
+            GENERATION,
+        )
+    assert "gan: class c1 collapsed at step 2" in caplog.text and "may be near-copies" in caplog.text
+    checks = [row for row in generator.training["diversity"] if row["class_name"] == "c1"]
+    assert metrics["diversity_ratio.c1"] == [{"value": row["ratio"], "step": row["step"]} for row in checks]
+    assert summary.set_index("class_name")["diversity_ratio"]["c1"] == checks[-1]["ratio"]
     row = synthetic.iloc[[7]]
     again = generate_pool(generator, row, data[1], progress=False)
     np.testing.assert_array_equal(again[0], np.asarray(images[row["image_key"].iloc[0]]()))

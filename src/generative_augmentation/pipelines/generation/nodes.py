@@ -121,6 +121,19 @@ def report_generation(
     )
     curve = loss_curve(training_log["loss"].to_numpy(), title=f"{generator.kind} training loss")
     summary = pool_summary(training_set, synthetic_manifest)
+    diversity = pd.DataFrame(generator.training.get("diversity", []))  # generators that watch for collapse
+    if len(diversity):
+        last = diversity.sort_values("step").groupby("class_name")["ratio"].last()
+        summary["diversity_ratio"] = summary["class_name"].map(last)  # samples' diversity / real images'
+    for collapse in generator.training.get("collapses", []):
+        logger.warning(
+            "%s: class %s collapsed at step %d (diversity ratio %.3f < %.3f); its images may be near-copies",
+            generator.kind,
+            collapse["class_name"],
+            collapse["step"],
+            collapse["ratio"],
+            collapse["threshold"],
+        )
     return grids, curve, _metrics(generator, training_log, summary), summary
 
 
@@ -137,6 +150,9 @@ def _metrics(generator: Generator, log: pd.DataFrame, summary: pd.DataFrame) -> 
             if row.synthetic
         },
     }
+    for row in generator.training.get("diversity", []):
+        history = metrics.setdefault(f"diversity_ratio.{row['class_name']}", [])
+        history.append({"value": float(row["ratio"]), "step": int(row["step"])})
     if len(losses):
         metrics["loss"] = [
             {"value": float(smoothed[step - 1]), "step": int(step)} for step in range(window, len(losses) + 1, window)
