@@ -25,7 +25,7 @@ run: $(STAMP)
 	$(BIN)/kedro run $(ARGS)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -n auto --dist loadgroup $(ARGS)
+	$(BIN)/python -m pytest -n auto --dist worksteal $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests scripts

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.test_project_run import PROJECT
+from tests.test_project_run import PROJECT, migrated_mlflow_store
 
 # Library warnings a user cannot act on: silenced by settings.py.
 SILENCED = (
@@ -38,6 +38,7 @@ def test_a_kedro_command_prints_none_of_the_silenced_warnings_and_logs_to_the_fi
     shutil.copy(PROJECT / "pyproject.toml", tmp_path / "pyproject.toml")
     for folder in ("conf/local", "src"):
         (tmp_path / folder).mkdir()
+    (tmp_path / "mlflow.db").write_bytes(migrated_mlflow_store())  # its schema in place: migrations cost seconds
     # describe-datasets creates a context and builds the pipelines: every warning above is raised on the way.
     result = subprocess.run(
         [sys.executable, "-m", "kedro", "catalog", "describe-datasets", "--pipeline=data_preparation"],
