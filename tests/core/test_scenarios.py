@@ -48,6 +48,8 @@ def labeled_synthetic() -> pd.DataFrame:
                     "image_id": image_id,
                     "image_key": f"{name}/{image_id}",
                     "verdict": "drop" if i % 5 == 0 else "keep",
+                    "drop_reason": "disagrees" if i % 5 == 0 else None,
+                    "intended_class": name,
                     "final_class": name,
                     "final_label": label,
                 }
@@ -152,8 +154,14 @@ def test_every_class_gives_every_class_the_same_synthetic_share(manifest, labele
 
 
 def test_missing_inputs_and_a_small_pool_are_named(manifest, labeled_synthetic) -> None:
-    with pytest.raises(ValueError, match=r"needs 40 kept synthetic images of class 'b' but the filtered pool has 32"):
+    with pytest.raises(
+        ValueError, match=r"needs 40 kept synthetic images of class 'b' but the filtered pool has 32"
+    ) as short:
         assemble(spec("synthetic", 5.0), STUDY, manifest, 0, labeled_synthetic)
+    assert "kept 32 of the 40 generated (80%; dropped: {'disagrees': 8})" in str(short.value)
+    assert "Multiply generation.pool.oversample by at least 1.2" in str(short.value) and "guard_only" in str(
+        short.value
+    )
     with pytest.raises(ValueError, match="needs labeled_synthetic"):
         assemble(spec("synthetic", 1.0), STUDY, manifest, 0, pd.DataFrame())
     with pytest.raises(ValueError, match=r"scenarios.test.classes names \['zz'\]"):

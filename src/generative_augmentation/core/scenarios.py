@@ -314,6 +314,21 @@ def synthetic_counts(spec: ScenarioConfig, study: StudyConfig, counts: pd.Series
     return {name: round(spec.ratio * int(counts[name])) for name in classes}
 
 
+def pool_shortfall(labeled_synthetic: pd.DataFrame, class_name: str, needed: int, kept: int, scenario: str) -> str:
+    """What went short and how to fix it: the class's keep rate, why images were dropped, the factor to apply."""
+    generated = labeled_synthetic[labeled_synthetic["intended_class"] == class_name]
+    reasons = generated.loc[generated["verdict"] != "keep", "drop_reason"].value_counts().to_dict()
+    rate = kept / len(generated) if len(generated) else 0.0
+    factor = f"at least {needed / kept:.1f}" if kept else "much more"
+    return (
+        f"The {scenario} needs {needed} kept synthetic images of class {class_name!r} but the filtered pool has "
+        f"{kept}: the filter kept {kept} of the {len(generated)} generated ({rate:.0%}; dropped: {reasons}). Multiply "
+        f"generation.pool.oversample by {factor} and rerun generation and pseudo_labeling (the trained classifiers "
+        "of the other arms are kept: add --only-missing-outputs), lower the arm's ratio, or, when the labeler is too "
+        "weak to judge (see labeler_validation.csv; 'disagrees' dominates), set pseudo_labeling.filter.mode: guard_only"
+    )
+
+
 def synthetic_rows(labeled_synthetic: pd.DataFrame, wanted: dict[str, int], seed: int, scenario: str) -> pd.DataFrame:
     """``wanted[class]`` kept synthetic images per class, drawn in a seeded order shared by all scenarios.
 
@@ -325,10 +340,7 @@ def synthetic_rows(labeled_synthetic: pd.DataFrame, wanted: dict[str, int], seed
     for class_name, count in wanted.items():
         pool = kept[kept["final_class"] == class_name].sort_values("image_id")
         if count > len(pool):
-            raise ValueError(
-                f"The {scenario} needs {count} kept synthetic images of class {class_name!r} but the filtered "
-                f"pool has {len(pool)}: raise generation.pool.multiple (or oversample) or lower the ratio"
-            )
+            raise ValueError(pool_shortfall(labeled_synthetic, class_name, count, len(pool), scenario))
         order = numpy_rng(derive_seed(seed, "synthetic_pool", class_name)).permutation(len(pool))[:count]
         chosen = pool.iloc[np.sort(order)]
         parts.append(
