@@ -1,10 +1,10 @@
 """How busy the machine is, decided without importing torch (so that it can act before OpenMP starts).
 
 Torch's CPU kernels run on OpenMP threads that spin while they wait for each other. When other processes
-already keep cores busy, a spinning thread burns the time slice of the one it waits for, and a 2-thread DDPM
-fit beside two busy processes ran 5.8x slower than on the idle machine, against 2.7x with idle threads sleeping
-(``OMP_WAIT_POLICY=PASSIVE``); on an idle machine sleeping costs 1.6x (docs/benchmarks.md). The wait policy
-changes no arithmetic, so choosing it from the load keeps results identical; the thread count would not.
+already keep cores busy, a spinning thread burns the time slice of the one it waits for and the generator's training
+stalls; with idle threads sleeping (``OMP_WAIT_POLICY=PASSIVE``) it slows only by its share of the cores, while on an
+idle machine sleeping costs speed (docs/benchmarks.md has the measurements). The wait policy changes no arithmetic,
+so choosing it from the machine's state keeps results identical; the thread count would not.
 """
 
 from __future__ import annotations
