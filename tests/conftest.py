@@ -1,12 +1,16 @@
-"""Shared fixtures: tiny generated datasets in the three layouts the project reads."""
+"""Shared fixtures: tiny generated datasets in the three layouts the project reads, and one finished tiny study."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from filelock import FileLock
 from PIL import Image
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -121,3 +125,23 @@ def single_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def finished_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny default study, run once per test session and shared by the pytest-xdist workers (the first to ask runs
+    it, the others wait on the lock). Tests only read it: those that need a study of their own make one."""
+    session_root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        session_root = session_root.parent  # the folder above the workers' own: this session's, shared by them all
+    from tests.test_project_run import make_project, run  # not at the top: that module imports this one
+
+    project, done = session_root / "finished_study", session_root / "finished_study.done"
+    with FileLock(session_root / "finished_study.lock"):
+        if not done.exists():
+            shutil.rmtree(project, ignore_errors=True)  # a worker that failed half-way left it
+            make_project(project)
+            with contextlib.chdir(project):
+                run(project)
+            done.touch()
+    return project

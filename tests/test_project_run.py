@@ -24,7 +24,7 @@ TINY = {
     "dataset": {"classes": ["0", "1", "2"]},
     "image": {"size": 16},
     "classifier": {"width": 8, "steps": 10, "eval_every": 5, "batch_size": 32},
-    "evaluation": {"replicates": 2, "quality": {"image_size": 32, "kid_subsets": 5, "nearest_k": 2}},
+    "evaluation": {"replicates": 2, "workers": 1, "quality": {"image_size": 32, "kid_subsets": 5, "nearest_k": 2}},
     "feature_clustering": {"extractor": {"image_size": 32}, "clustering": {"k_range": [2, 3]}, "tsne": {"n_iter": 50}},
     "generation": {
         "ddpm": {"block_out_channels": [16, 32], "train_steps": 2, "num_train_timesteps": 50, "sampling": {"steps": 3}},
@@ -91,13 +91,13 @@ EVALUATION_OUTPUTS = (
 
 
 def test_the_whole_default_study_runs_and_the_same_seed_gives_the_same_outputs(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    finished_study: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    second = make_project(tmp_path / "second")
+    monkeypatch.chdir(second)
+    run(second)
     outputs = {}
-    for name in ("first", "second"):
-        project = make_project(tmp_path / name)
-        monkeypatch.chdir(project)
-        run(project)
+    for name, project in (("first", finished_study), ("second", second)):
         outputs[name] = {
             "manifest": pd.read_parquet(project / "data/03_primary/manifest.parquet"),
             "pool": pd.read_parquet(project / "data/07_model_output/synthetic_manifest.parquet"),
@@ -116,7 +116,7 @@ def test_the_whole_default_study_runs_and_the_same_seed_gives_the_same_outputs(
     assert first["pngs"].keys() == second["pngs"].keys()
     assert all(np.array_equal(image, second["pngs"][key]) for key, image in first["pngs"].items())
     pd.testing.assert_frame_equal(first["metrics"], second["metrics"])
-    with sqlite3.connect(tmp_path / "first" / "mlflow.db") as db:
+    with sqlite3.connect(finished_study / "mlflow.db") as db:
         (parent,) = db.execute(
             "select run_uuid from runs where name like 'retinamnist · all · %' order by start_time limit 1"
         ).fetchone()

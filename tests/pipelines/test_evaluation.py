@@ -7,6 +7,7 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
 from kedro_datasets.pandas import CSVDataset
@@ -25,6 +26,7 @@ IMAGE = {"size": 16, "mode": "RGB"}
 CLASSIFIER = {"steps": 20, "eval_every": 5, "batch_size": 16, "patience": 4}
 EVALUATION = {
     "replicates": 3,
+    "workers": 1,  # one process: starting loky's workers costs seconds (the test below runs them once)
     "report_title": "Tiny study",
     "quality": {"image_size": 32, "kid_subsets": 5, "nearest_k": 2},
 }
@@ -89,6 +91,20 @@ def test_train_and_score_every_replicate(data) -> None:
     macro_f1 = scores.query("metric == 'f1' and class_name == 'macro'")["value"]
     assert (macro_f1 > 0.6).all()  # the classes are easy: a trained classifier, not chance
     assert figure.axes[0].get_title() == "Confusion matrix"
+
+
+def test_classifiers_trained_side_by_side_equal_those_trained_one_after_another(data) -> None:
+    manifest, images = data
+    train = real_training_rows(manifest)
+    weights = [
+        train_classifiers(
+            train, manifest, images, SCENARIOS["real"], CLASSIFIER, {**EVALUATION, "workers": workers}, AUGMENTATION,
+            IMAGE, 0,
+        )[0]["state_dict"]
+        for workers in (1, 2)
+    ]  # fmt: skip
+    assert weights[0].keys() == weights[1].keys() and len(weights[0]) > 0
+    assert all(torch.equal(tensor, weights[1][name]) for name, tensor in weights[0].items())
 
 
 def test_same_seed_same_scores(data) -> None:
