@@ -12,11 +12,11 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 $(STAMP): $(BIN)/python pyproject.toml
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,cluster]"
 	touch $(STAMP)
 
 $(NOTEBOOK_STAMP): $(STAMP)
-	$(BIN)/python -m pip install --quiet -e ".[dev,notebook]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,cluster,notebook]"
 	touch $(NOTEBOOK_STAMP)
 
 install: $(STAMP)

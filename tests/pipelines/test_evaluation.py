@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 from kedro.io import DataCatalog, MemoryDataset
+from kedro.pipeline import Pipeline
 from kedro.runner import SequentialRunner
 from kedro_datasets.pandas import CSVDataset
 
@@ -43,13 +45,12 @@ STUDY = {
 NAMES = ["a", "b", "c"]
 
 
-@pytest.fixture(scope="module")
-def data() -> tuple[pd.DataFrame, dict]:
+def tiny_study() -> tuple[pd.DataFrame, dict]:
+    """The manifest and images of a tiny 3-class study."""
     return study_data({"train": [12, 9, 6], "val": [4, 4, 4], "test": [5, 5, 5]}, 16, NAMES)
 
 
-@pytest.fixture(scope="module")
-def synthetic() -> tuple[pd.DataFrame, dict]:
+def tiny_pool() -> tuple[pd.DataFrame, dict]:
     """Kept synthetic images of the two minority classes (labeled_synthetic's columns) and their PNGs."""
     rng = np.random.default_rng(5)
     rows, images = [], {}
@@ -67,6 +68,16 @@ def synthetic() -> tuple[pd.DataFrame, dict]:
                 }
             )
     return pd.DataFrame(rows), images
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[pd.DataFrame, dict]:
+    return tiny_study()
+
+
+@pytest.fixture(scope="module")
+def synthetic() -> tuple[pd.DataFrame, dict]:
+    return tiny_pool()
 
 
 def test_train_and_score_every_replicate(data) -> None:
@@ -156,7 +167,12 @@ def test_training_arrays_read_real_duplicate_and_synthetic_rows_and_refuse_unkno
         training_arrays(table, images, None, ImageSpec.parse(IMAGE))
 
 
-def test_the_whole_evaluation_runs_through_kedro_with_a_synthetic_arm(data, synthetic, tmp_path) -> None:
+TABLES = ("scenario_estimates", "primary_contrasts", "generative_quality", "shortcut_probe")
+
+
+def evaluation_run(data, synthetic, folder: Path, classifier: dict = CLASSIFIER) -> tuple[Pipeline, DataCatalog]:
+    """The evaluation pipeline of the tiny study and its catalog: in memory, but for the result tables, written as
+    CSV files under ``folder``."""
     manifest, images = data
     labeled, synthetic_images = synthetic
     arms = study_scenarios(STUDY, SCENARIOS)
@@ -180,8 +196,9 @@ def test_the_whole_evaluation_runs_through_kedro_with_a_synthetic_arm(data, synt
                 pd.DataFrame({"scenario": list(arms), "train_size": [len(manifests[name]) for name in arms]})
             ),
             **{f"{name}.training_manifest": MemoryDataset(table) for name, table in manifests.items()},
-            "params:classifier": MemoryDataset(CLASSIFIER),
+            "params:classifier": MemoryDataset(classifier),
             "params:evaluation": MemoryDataset(EVALUATION),
+            "params:runtime": MemoryDataset({"num_threads": 1}),
             "params:augmentation": MemoryDataset(AUGMENTATION),
             "params:image": MemoryDataset(IMAGE),
             "params:seed": MemoryDataset(0),
@@ -189,13 +206,15 @@ def test_the_whole_evaluation_runs_through_kedro_with_a_synthetic_arm(data, synt
             "params:scenarios": MemoryDataset(SCENARIOS),
             **{f"params:scenarios.{name}": MemoryDataset(spec) for name, spec in SCENARIOS.items()},
             "run_provenance": MemoryDataset({"date": "2026-12-01", "commit": "abc1234"}),
-            **{
-                name: CSVDataset(filepath=str(tmp_path / f"{name}.csv"))
-                for name in ("scenario_estimates", "primary_contrasts", "generative_quality", "shortcut_probe")
-            },
+            **{name: CSVDataset(filepath=str(folder / f"{name}.csv")) for name in TABLES},
         }
     )
-    pipeline = create_pipeline(arms)
+    return create_pipeline(arms), catalog
+
+
+def test_the_whole_evaluation_runs_through_kedro_with_a_synthetic_arm(data, synthetic, tmp_path) -> None:
+    pipeline, catalog = evaluation_run(data, synthetic, tmp_path)
+    arms = study_scenarios(STUDY, SCENARIOS)
     assert {"synthetic_x1.train_classifier", "traditional.score_on_test", "generative_quality", "build_report"} <= {
         node.name for node in pipeline.nodes
     }

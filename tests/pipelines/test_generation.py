@@ -49,8 +49,11 @@ def data() -> tuple[pd.DataFrame, dict]:
     return study_data({"train": [12, 6, 4], "val": [2, 2, 2], "test": [3, 3, 3]}, size=SIZE)
 
 
-def run(tmp_path: Path, data: tuple[pd.DataFrame, dict], generation: dict[str, Any], seed: int = SEED) -> DataCatalog:
-    """The pipeline with memory inputs; the pool, its manifest and the generator through the real file datasets."""
+def run(
+    tmp_path: Path, data: tuple[pd.DataFrame, dict], generation: dict[str, Any], seed: int = SEED, runner=None
+) -> DataCatalog:
+    """The pipeline with memory inputs; the pool, its manifest and the generator through the real file datasets
+    (run by ``runner``, by default the SequentialRunner)."""
     manifest, images = data
     catalog = DataCatalog(
         {
@@ -71,7 +74,7 @@ def run(tmp_path: Path, data: tuple[pd.DataFrame, dict], generation: dict[str, A
             ),
         }
     )
-    SequentialRunner().run(create_pipeline(), catalog)
+    (runner or SequentialRunner()).run(create_pipeline(), catalog)
     return catalog
 
 

@@ -10,7 +10,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from joblib import Parallel, delayed
 
 from generative_augmentation.core.classifier import (
     ClassifierConfig,
@@ -27,7 +26,7 @@ from generative_augmentation.core.crowding import available_cores
 from generative_augmentation.core.generative_metrics import QualityConfig
 from generative_augmentation.core.images import AugmentationConfig, ImageSpec, stack_images
 from generative_augmentation.core.metrics import classification_scores
-from generative_augmentation.core.runtime import derive_seed, one_thread
+from generative_augmentation.core.runtime import derive_seed, one_thread, run_jobs
 from generative_augmentation.core.scenarios import ORIGINS, ScenarioConfig
 
 logger = logging.getLogger(__name__)
@@ -92,14 +91,14 @@ def train_replicates(
     recipe: ScenarioConfig | None = None,
 ) -> tuple[dict[str, Any], pd.DataFrame]:
     """One classifier per replicate, ``workers`` at a time (each on one torch thread, so the weights do not
-    depend on how many run at once); returns their weights as one record (``replicate_<r>.`` prefixes) and the
-    validation history of every replicate.
+    depend on how many run at once; under the Dask runner, one task each on the cluster); returns their weights as
+    one record (``replicate_<r>.`` prefixes) and the validation history of every replicate.
 
     ``recipe`` (the arm's settings) says how the synthetic rows (``synthetic``, a mask) are used: mixed into each
     batch with a probability, pre-trained on before the real ones, weighed in the loss (see ``ScenarioConfig``).
     """
-    jobs = [
-        delayed(_train_one)(
+    calls = [
+        (
             train,
             val,
             config,
@@ -112,10 +111,8 @@ def train_replicates(
         )
         for replicate, seed in seeds.items()
     ]
-    logger.info("Training %d classifiers for %s, %d at a time", len(jobs), scenario, workers)
-    results = (
-        Parallel(n_jobs=workers, backend="loky")(jobs) if workers > 1 else [job[0](*job[1], **job[2]) for job in jobs]
-    )
+    logger.info("Training %d classifiers for %s, %d at a time", len(calls), scenario, workers)
+    results = run_jobs(_train_one, calls, workers)
     state, histories, selection = {}, [], {}
     for (replicate, _), result in zip(seeds.items(), results, strict=True):
         state |= {f"replicate_{replicate}.{name}": tensor for name, tensor in result.state_dict.items()}

@@ -29,7 +29,7 @@ from generative_augmentation.core.generators import (
 )
 from generative_augmentation.core.images import ImageSpec, stack_images
 from generative_augmentation.core.manifest import class_names, resolve_classes, split_rows, train_counts
-from generative_augmentation.core.runtime import derive_seed, numpy_rng
+from generative_augmentation.core.runtime import derive_seed, numpy_rng, run_jobs
 from generative_augmentation.core.scenarios import ScenarioConfig, synthetic_needs
 
 logger = logging.getLogger(__name__)
@@ -91,12 +91,13 @@ class GenerationConfig(Config):
     min_train_images_per_class: int = 10
     keep_checkpoints: bool = False
     device: str | None = None
+    sample_chunk: int = 256
     report: GenerationReport = field(default_factory=GenerationReport)
     settings: Any = None  # the generator's parsed settings (``generation.<generator>``)
 
     def checks(self):
         yield "generator", self.generator in GENERATORS, f"must be one of {sorted(GENERATORS)}, got {self.generator!r}"
-        yield from self.at_least("min_train_images_per_class")
+        yield from self.at_least("min_train_images_per_class", "sample_chunk")
 
     @classmethod
     def parse(cls, values: Mapping[str, Any] | None, where: str | None = None, base: Self | None = None) -> Self:
@@ -380,28 +381,38 @@ def generate_pool(
     uninterrupted run's.
     """
     chunks = [plan.iloc[start : start + chunk_size] for start in range(0, len(plan), chunk_size)]
-    images = []
+    calls = []
     for index, rows in enumerate(chunks):
         path = _chunk_path(cache, generator, rows) if cache is not None else None
         if path is not None and path.is_file():
-            images.append(np.load(path))
             logger.info(
                 "Chunk %d of %d was sampled before the interruption: kept (%s)", index + 1, len(chunks), path.name
             )
+            calls.append((None, rows, None, path, progress))
             continue
         sources = None
         if rows["source_image_key"].astype(bool).any():
             if real_images is None:
                 raise ValueError("This generator makes each image from a real train image: pass the real images")
             sources = stack_images(real_images, rows["source_image_key"], generator.image)
-        batch = generator.generate(rows, sources, progress=progress)
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            partial = path.with_name(".partial-" + path.name)
-            np.save(partial, batch)  # the name ends in .npy, so numpy writes exactly there
-            partial.replace(path)
-        images.append(batch)
+        calls.append((generator, rows, sources, path, progress))
+    images = run_jobs(_sample_chunk, calls)  # one Dask task per chunk under the Dask runner, else one by one
     return np.concatenate(images) if images else generator.image.empty()
+
+
+def _sample_chunk(
+    generator: Generator | None, rows: pd.DataFrame, sources: np.ndarray | None, path: Path | None, progress: bool
+) -> np.ndarray:
+    """A chunk's images: read back when it was kept (``generator`` None), else sampled (and kept at ``path``)."""
+    if generator is None:
+        return np.load(path)
+    batch = generator.generate(rows, sources, progress=progress)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(".partial-" + path.name)
+        np.save(partial, batch)  # the name ends in .npy, so numpy writes exactly there
+        partial.replace(path)
+    return batch
 
 
 def sample_cache_folder(root: Path, generator: Generator) -> Path:

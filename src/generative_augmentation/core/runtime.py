@@ -13,17 +13,22 @@ import logging
 import os
 import resource
 import sys
+import uuid
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import torch
+from joblib import Parallel, delayed
 
 from generative_augmentation.core.config import Config
 from generative_augmentation.core.crowding import available_cores, warn_if_crowded
 
 logger = logging.getLogger(__name__)
+Result = TypeVar("Result")
+SCATTER_BYTES = 1 << 20  # arrays common to every call and at least this large go to the workers once
 
 
 def derive_seed(seed: int, *keys: object) -> int:
@@ -63,6 +68,79 @@ def one_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+def run_jobs(function: Callable[..., Result], calls: Sequence[tuple], workers: int = 1) -> list[Result]:
+    """``function(*call)`` for every call, results in order: independent units of work (replicates, chunks) that
+    each fix their own seed and threads, so the results do not depend on where or beside what they run.
+
+    Inside a task of the Dask runner, each call becomes a task of the same cluster (Dask's "tasks that submit
+    tasks": the calling task leaves its slot while it waits), whatever ``workers`` says; large arguments common to
+    every call (the same object in each: training arrays) go to every worker once (a copy on each, so a worker
+    that dies loses none). Otherwise ``workers`` loky
+    processes run them, or this process does, one after the other, when ``workers`` is 1.
+    """
+    if len(calls) > 1 and _in_dask_task():
+        from distributed import worker_client
+
+        common = [value for index, value in enumerate(calls[0]) if all(call[index] is value for call in calls)]
+        state = _torch_state()
+        with worker_client() as client:
+            shared = {
+                id(value): client.scatter(value, hash=False, broadcast=True)
+                for value in common
+                if _worth_sending_once(value)
+            }
+            futures = [
+                client.submit(
+                    _call_in_state, state, function, *(shared.get(id(value), value) for value in call),
+                    key=f"{function.__name__}-{uuid.uuid4().hex}",  # named after the work in Dask's task stream
+                )
+                for call in calls
+            ]  # fmt: skip
+            return client.gather(futures)
+    if workers > 1 and len(calls) > 1:
+        return Parallel(n_jobs=workers, backend="loky")(delayed(function)(*call) for call in calls)
+    return [function(*call) for call in calls]
+
+
+def _worth_sending_once(value: object) -> bool:
+    """Large arguments and objects (a generator and its weights) go to the workers once; plain values do not."""
+    from dask.sizeof import sizeof
+
+    if isinstance(value, np.ndarray | tuple | list | dict):
+        return sizeof(value) >= SCATTER_BYTES
+    return not isinstance(value, int | float | str | bool | type(None) | Config)
+
+
+def _torch_state() -> tuple[int, bool, bool]:
+    return torch.get_num_threads(), torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
+
+
+def _call_in_state(state: tuple[int, bool, bool], function: Callable[..., Result], *args: object) -> Result:
+    """``function(*args)`` with the calling task's torch threads and kernel settings: the same arithmetic on any
+    worker (the thread count changes the order of CPU sums)."""
+    previous = _torch_state()
+    threads, torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = state
+    torch.set_num_threads(threads)
+    try:
+        return function(*args)
+    finally:
+        torch.set_num_threads(previous[0])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = previous[1:]
+
+
+def _in_dask_task() -> bool:
+    """Whether this code runs in a task on a Dask worker (distributed is only imported where one is used)."""
+    if "distributed" not in sys.modules:
+        return False
+    from distributed import get_worker
+
+    try:
+        get_worker()
+    except ValueError:
+        return False
+    return True
 
 
 def pick_device(preferred: str | None = None) -> torch.device:

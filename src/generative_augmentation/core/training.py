@@ -155,23 +155,32 @@ class Checkpointer:
         return int(record["step"]), [float(loss) for loss in record["loss_history"]]
 
     def save(self, step: int, losses: list[float]) -> Path | None:
-        """Write the checkpoint of ``step`` completed steps (atomically) and prune older ones."""
+        """Write the checkpoint of ``step`` completed steps (atomically) and prune older ones.
+
+        Every process of an ``accelerate launch`` calls it: accelerate writes the model and optimiser from the first
+        process and each process's RNG state; the first process alone prepares, completes and renames the folder.
+        """
         if self.root is None:
             return None
-        self.root.mkdir(parents=True, exist_ok=True)
+        accelerator = self.accelerator
         name = f"{CHECKPOINT_PREFIX}{step:08d}"
-        partial = self.root / f"{PARTIAL_PREFIX}{name}"
-        shutil.rmtree(partial, ignore_errors=True)
-        self.accelerator.save_state(str(partial))
-        extras = {name: _write_state(partial, name, extra.state_dict()) for name, extra in self.extras.items()}
-        record = {"step": step, "config": self.config.to_dict(), "loss_history": losses, "extras": extras}
-        (partial / RECORD_FILE).write_text(json.dumps(record))
-        final = self.root / name
-        shutil.rmtree(final, ignore_errors=True)
-        partial.rename(final)
-        for older in _checkpoint_folders(self.root)[: -self.keep_last]:
-            shutil.rmtree(older)
-        logger.info("Saved checkpoint at step %d to %s", step, final)
+        partial, final = self.root / f"{PARTIAL_PREFIX}{name}", self.root / name
+        if accelerator.is_main_process:
+            self.root.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(partial, ignore_errors=True)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(partial))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            extras = {name: _write_state(partial, name, extra.state_dict()) for name, extra in self.extras.items()}
+            record = {"step": step, "config": self.config.to_dict(), "loss_history": losses, "extras": extras}
+            (partial / RECORD_FILE).write_text(json.dumps(record))
+            shutil.rmtree(final, ignore_errors=True)
+            partial.rename(final)
+            for older in _checkpoint_folders(self.root)[: -self.keep_last]:
+                shutil.rmtree(older)
+            logger.info("Saved checkpoint at step %d to %s", step, final)
+        accelerator.wait_for_everyone()
         return final
 
     def _check_same_config(self, stored: Mapping[str, Any], folder: Path) -> None:

@@ -80,7 +80,7 @@ def generate_synthetic_pool(
     config = GenerationConfig.parse(generation)
     cache = sample_cache_folder(checkpoints, generator)
     started = time.perf_counter()
-    arrays = generate_pool(generator, plan, real_images, cache=cache)
+    arrays = generate_pool(generator, plan, real_images, cache=cache, chunk_size=config.sample_chunk)
     if not config.keep_checkpoints:
         shutil.rmtree(cache, ignore_errors=True)
     elapsed = time.perf_counter() - started

@@ -27,12 +27,14 @@ def create_pipeline(**kwargs) -> Pipeline:
                 ],
                 ["generator", "generator_training_log"],
                 name="train_generator",
+                tags=["gpu"],  # the Dask runner sends it to a worker with a GPU when the cluster has one
             ),
             node(
                 generate_synthetic_pool,
                 ["generator", "synthetic_pool_plan", "real_images", "generator_checkpoints", "params:generation"],
                 ["synthetic_images", "synthetic_manifest"],
                 name="generate_synthetic_pool",
+                tags=["gpu"],
             ),
             node(
                 report_generation,
