@@ -16,7 +16,7 @@ import dask
 import numpy as np
 import pandas as pd
 import pytest
-from distributed import Client, LocalCluster, get_task_stream
+from distributed import Client, LocalCluster, get_task_stream, get_worker
 from kedro.io import DataCatalog, MemoryDataset
 from kedro.pipeline import Pipeline, node
 from kedro.runner import SequentialRunner
@@ -138,6 +138,26 @@ def test_a_node_that_kills_every_worker_it_runs_on_is_named() -> None:
         pytest.raises(WorkerNodeError, match=failure),
     ):
         DaskRunner(address=c.scheduler_address).run(pipeline, catalog)
+
+
+def free_gpus(value: int) -> float:
+    """The GPU units this worker has free while the task runs (0 when the task holds the worker's one GPU)."""
+    return get_worker().state.available_resources["GPU"]
+
+
+def test_a_gpu_node_holds_a_gpu_of_a_worker_that_has_one() -> None:
+    pipeline = Pipeline(
+        [
+            node(free_gpus, "value", "on_gpu", name="train_on_gpu", tags=["gpu"]),
+            node(free_gpus, "value", "elsewhere", name="score_anywhere"),
+        ]
+    )
+    catalog = DataCatalog({"value": MemoryDataset(1), "on_gpu": MemoryDataset(), "elsewhere": MemoryDataset()})
+    with LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None, resources={"GPU": 1}
+    ) as cluster:  # a worker thread in this process: no process to start
+        DaskRunner(address=cluster.scheduler_address).run(pipeline, catalog)
+    assert catalog.load("on_gpu") == 0 and catalog.load("elsewhere") == 1
 
 
 def test_without_an_address_it_starts_and_closes_a_local_cluster() -> None:
