@@ -26,6 +26,7 @@ from tests.conftest import study_data
 from tests.pipelines import test_generation
 from tests.pipelines.test_evaluation import CLASSIFIER, TABLES, evaluation_run, tiny_pool, tiny_study
 from tests.test_project_run import PROJECT
+from tests.worker_exit import end_the_worker
 
 # Replicates long enough (a second or so) to be killed in the middle of one.
 SLOW_CLASSIFIER = {**CLASSIFIER, "steps": 60, "patience": 1000}
@@ -124,16 +125,12 @@ def test_an_error_names_the_node_and_the_worker(cluster) -> None:
         DaskRunner(address=cluster.scheduler_address).run(pipeline, catalog)
 
 
-def end_the_worker(value: int) -> int:
-    os._exit(1)  # as a worker killed by the kernel for its memory would
-
-
 def test_a_node_that_kills_every_worker_it_runs_on_is_named() -> None:
     pipeline = Pipeline([node(end_the_worker, "value", "result", name="crash_the_worker")])
     catalog = DataCatalog({"value": MemoryDataset(3)})
     failure = r"node crash_the_worker: every Dask worker that ran it died"
     with (
-        dask.config.set({"distributed.scheduler.allowed-failures": 1}),
+        dask.config.set({"distributed.scheduler.allowed-failures": 0}),  # give up at the first death
         LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None) as c,
         pytest.raises(WorkerNodeError, match=failure),
     ):

@@ -143,12 +143,12 @@ def test_a_crowded_machine_is_named_with_the_thread_count_to_use(caplog) -> None
     from generative_augmentation.core.crowding import warn_if_crowded
 
     with caplog.at_level("WARNING"):
-        assert warn_if_crowded(2, load=2.0, cores=2)
-    assert "keep about 2.0 of the 2 cores busy (load 2.0): 2 torch threads will stall" in caplog.text
+        assert warn_if_crowded(2, busy=2.0, cores=2)
+    assert "keep about 2.0 of the 2 cores busy: 2 torch threads will stall" in caplog.text
     assert "--params=runtime.num_threads=1" in caplog.text
-    assert not warn_if_crowded(2, load=0.2, cores=2)  # an idle machine: no warning
-    assert not warn_if_crowded(1, load=6.0, cores=2)  # one thread does not stall itself
-    assert warn_if_crowded(8, load=4.0, cores=8) and "runtime.num_threads=4" in caplog.text
+    assert not warn_if_crowded(2, busy=0.2, cores=2)  # an idle machine: no warning
+    assert not warn_if_crowded(1, busy=6.0, cores=2)  # one thread does not stall itself
+    assert warn_if_crowded(8, busy=4.0, cores=8) and "runtime.num_threads=4" in caplog.text
 
 
 def test_idle_openmp_threads_sleep_only_on_a_busy_machine_and_never_against_the_users_choice(

@@ -73,24 +73,26 @@ def choose_openmp_wait_policy(busy: float | None = None) -> str | None:
     return "PASSIVE"
 
 
-def warn_if_crowded(threads: int, load: float | None = None, cores: int | None = None) -> bool:
-    """Warn when other processes already keep cores busy: torch's threads then stall each other. The thread
-    count is not changed behind the user's back: it is part of what makes a run reproducible. Returns whether it
-    warned."""
+def warn_if_crowded(threads: int, busy: float | None = None, cores: int | None = None) -> bool:
+    """Warn when other processes already keep cores busy (``busy``, cores' worth: measured with
+    :func:`busy_cores`, or the load average where there is no ``/proc/stat``): torch's threads then stall each
+    other. The thread count is not changed behind the user's back: it is part of what makes a run reproducible.
+    Returns whether it warned."""
     cores = available_cores() if cores is None else cores
-    load = machine_load() if load is None else load
-    if load is None:
+    if busy is None and threads > 1:
+        busy = busy_cores(window_s=0.1)
+        busy = machine_load() if busy is None else busy
+    if busy is None:
         return False
-    free = cores - load
+    free = cores - busy
     if threads > 1 and free < threads - 0.5:
         suggested = max(1, int(free + 0.5))
         logger.warning(
-            "Other processes keep about %.1f of the %d cores busy (load %.1f): %d torch threads will stall each "
-            "other%s. Set runtime.num_threads to %d (--params=runtime.num_threads=%d) to run faster; results then "
-            "differ in the last digits from a %d-thread run",
-            min(load, cores),
+            "Other processes keep about %.1f of the %d cores busy: %d torch threads will stall each other%s. Set "
+            "runtime.num_threads to %d (--params=runtime.num_threads=%d) to run faster; results then differ in the "
+            "last digits from a %d-thread run",
+            min(busy, cores),
             cores,
-            load,
             threads,
             " (idle OpenMP threads sleep: OMP_WAIT_POLICY=PASSIVE)" if os.environ.get("OMP_WAIT_POLICY") else "",
             suggested,
