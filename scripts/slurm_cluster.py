@@ -5,11 +5,12 @@
     # then, in another shell on the login node, with the address it prints:
     .venv/bin/kedro run --runner=generative_augmentation.dask_runner.DaskRunner --runner-params=address=tcp://...
 
-It starts the Dask scheduler here and submits ``--jobs`` SLURM jobs; each job is one Dask worker that enters this
-project's folder, activates its .venv (so the workers run the same code and libraries as ``kedro run``) and, with
-``--gpus``, asks SLURM for that many GPUs and tells Dask it has them (the ``GPU`` resource the generator's nodes ask
-for). The project folder, with its data folder, must be on storage every node sees. ``--dry-run`` prints the job
-script without submitting anything. Ctrl-C stops the workers' jobs and the scheduler.
+It starts the Dask scheduler here and submits ``--jobs`` SLURM jobs; each job enters this project's folder and
+activates its .venv (so the workers run the same code and libraries as ``kedro run``). A CPU job runs one
+single-threaded Dask worker per core; with ``--gpus``, a job asks SLURM for that many GPUs and runs one worker that
+tells Dask it has them (the ``GPU`` resource the generator's nodes ask for). The project folder, with its data
+folder, must be on storage every node sees. ``--dry-run`` prints the job script without submitting anything. Ctrl-C
+stops the workers' jobs and the scheduler.
 """
 
 from __future__ import annotations
@@ -27,11 +28,15 @@ def slurm_cluster(args: argparse.Namespace):
     from dask_jobqueue import SLURMCluster  # the `cluster` extra
 
     gpu_directives = [f"--gres=gpu:{args.gpus}"] if args.gpus else []
+    # Every worker runs one task at a time (the runner's tasks set process-wide torch settings): a CPU job holds one
+    # single-threaded worker per core; a GPU job one worker holding its GPUs, whose tasks use the job's cores as
+    # torch threads (runtime.num_threads: null).
+    layout = {"cores": 1, "processes": 1, "job_cpu": args.cores} if args.gpus else {"cores": args.cores}
     return SLURMCluster(
         queue=args.partition,
         account=args.account,
-        cores=args.cores,
-        processes=1,  # one worker process per job, using all of the job's cores (torch threads)
+        processes=layout.pop("processes", args.cores),
+        **layout,
         memory=args.memory,
         walltime=args.walltime,
         python=sys.executable,

@@ -184,6 +184,15 @@ def test_the_slurm_job_script_enters_the_project_and_gives_the_worker_its_gpus(c
     assert "#SBATCH --gres=gpu:1" in script and "#SBATCH --cpus-per-task=8" in script
     assert f"cd {PROJECT}" in script and f"source {PROJECT / '.venv/bin/activate'}" in script
     assert "--resources GPU=1" in script  # the resource the generator's nodes ask for
+    assert "--nthreads 1" in script  # one task at a time per worker
+
+
+def test_a_cpu_slurm_job_runs_one_single_threaded_worker_per_core(capsys) -> None:
+    pytest.importorskip("dask_jobqueue")
+    load_script("slurm_cluster").main(["--dry-run", "--cores", "4", "--port", "0"])
+    script = capsys.readouterr().out
+    assert "#SBATCH --cpus-per-task=4" in script and "--nworkers 4" in script and "--nthreads 1" in script
+    assert "--gres" not in script and "--resources" not in script
 
 
 def test_the_slurm_script_names_a_bad_job_count(capsys) -> None:

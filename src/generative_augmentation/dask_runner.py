@@ -15,7 +15,6 @@ process per available core (``--runner-params=workers=N`` to choose), closed aft
 
 from __future__ import annotations
 
-import functools
 import inspect
 import logging
 import uuid
@@ -24,6 +23,7 @@ from itertools import chain
 from typing import Any
 
 import dask
+import torch
 from distributed import Client, Future, KilledWorker, LocalCluster, get_worker, wait
 from kedro.pipeline import Pipeline
 from kedro.pipeline.node import Node
@@ -31,12 +31,11 @@ from kedro.runner import AbstractRunner
 from kedro.runner.task import Task
 
 from generative_augmentation.core.crowding import available_cores
-from generative_augmentation.core.runtime import RuntimeConfig, apply_runtime
+from generative_augmentation.core.runtime import GPU_TAG, RuntimeConfig, apply_runtime
 
 logger = logging.getLogger(__name__)
 
-GPU_TAG = "gpu"  # nodes tagged so ask for one unit of the workers' "GPU" resource (dask-worker --resources GPU=1)
-GPU_RESOURCE = "GPU"
+GPU_RESOURCE = "GPU"  # nodes tagged GPU_TAG ask for one unit of it (dask worker --resources GPU=1)
 
 
 class WorkerNodeError(RuntimeError):
@@ -47,7 +46,9 @@ class DaskRunner(AbstractRunner):
     """Submit each node's function to a Dask cluster as soon as the nodes it depends on are done."""
 
     def __init__(self, address: str | None = None, workers: int | None = None, is_async: bool = False) -> None:
-        super().__init__(is_async=is_async)
+        super().__init__(is_async=False)
+        if is_async:
+            logger.warning("DaskRunner: --async is not used (the tasks run on the cluster; this process only loads)")
         if workers is not None and int(workers) < 1:
             raise ValueError(f"--runner-params workers must be at least 1, got {workers}")
         self.address = address or dask.config.get("scheduler-address", None)
@@ -70,8 +71,9 @@ class DaskRunner(AbstractRunner):
         return None
 
     def _run(self, pipeline: Pipeline, catalog, hook_manager=None, run_id: str | None = None) -> None:
-        if any(inspect.isgeneratorfunction(node.func) for node in pipeline.nodes):
-            raise ValueError("DaskRunner: nodes that yield their outputs in chunks are not supported")
+        streaming = sorted(node.name for node in pipeline.nodes if inspect.isgeneratorfunction(node.func))
+        if streaming:
+            raise ValueError(f"DaskRunner: nodes that yield their outputs in chunks are not supported: {streaming}")
         client, cluster = self.connect()
         try:
             self._run_on(client, pipeline, catalog, hook_manager, run_id)
@@ -82,43 +84,47 @@ class DaskRunner(AbstractRunner):
 
     def _run_on(self, client: Client, pipeline: Pipeline, catalog, hook_manager, run_id: str | None) -> None:
         runtime = _runtime_config(catalog)
-        gpu = _has_gpu_workers(client)
         dependencies = pipeline.node_dependencies
         load_counts = Counter(chain.from_iterable(node.inputs for node in pipeline.nodes))
         todo, done = set(pipeline.nodes), set()
         running: dict[Future, tuple[Node, dict[str, Any]]] = {}
-        while todo or running:
-            for node in sorted(node for node in todo if dependencies[node] <= done):
-                todo.discard(node)
-                inputs = self._load_inputs(node, catalog, hook_manager, run_id)
-                resources = {GPU_RESOURCE: 1} if gpu and GPU_TAG in node.tags else None
-                # The inputs travel inside the task (not scattered): the scheduler keeps them, so a task whose
-                # worker died can run again on another one.
-                future = client.submit(
-                    run_node_function, node, inputs, runtime, key=f"{node.name}-{uuid.uuid4().hex}", pure=False,
-                    resources=resources,
-                )  # fmt: skip
-                running[future] = (node, inputs)
-            if not running:
-                raise RuntimeError(f"DaskRunner: nodes {sorted(n.name for n in todo)} can never run")
-            finished, _ = wait(list(running), return_when="FIRST_COMPLETED")
-            for future in finished:
-                node, inputs = running.pop(future)
-                try:
-                    outputs = _result(future, node)
-                except Exception as error:
-                    hook_manager.hook.on_node_error(
-                        error=error, node=node, catalog=catalog, inputs=inputs, is_async=False, run_id=run_id
-                    )
-                    for other in running:
-                        other.cancel()
-                    self._suggest_resume_scenario(pipeline, done, catalog)
-                    raise
-                self._save_outputs(node, catalog, hook_manager, inputs, outputs, run_id)
-                done.add(node)
-                self._logger.info("Completed node: %s", node.name)
-                self._logger.info("Completed %d out of %d tasks", len(done), len(pipeline.nodes))
-                self._release_datasets(node, catalog, load_counts, pipeline)
+        try:
+            while todo or running:
+                for node in sorted(node for node in todo if dependencies[node] <= done):
+                    todo.discard(node)
+                    inputs = self._load_inputs(node, catalog, hook_manager, run_id)
+                    gpu = GPU_TAG in node.tags and _has_gpu_workers(client)  # asked now: jobs may join late
+                    # The inputs travel inside the task (not scattered): the scheduler keeps them, so a task whose
+                    # worker died can run again on another one.
+                    future = client.submit(
+                        run_node_function, node, inputs, runtime, key=f"{node.name}-{uuid.uuid4().hex}",
+                        pure=False, resources={GPU_RESOURCE: 1} if gpu else None,
+                    )  # fmt: skip
+                    running[future] = (node, inputs)
+                if not running:
+                    raise RuntimeError(f"DaskRunner: nodes {sorted(n.name for n in todo)} can never run")
+                finished, _ = wait(list(running), return_when="FIRST_COMPLETED")
+                for future in finished:
+                    node, inputs = running.pop(future)
+                    try:
+                        outputs = _result(future, node)
+                    except Exception as error:
+                        cause = error.__cause__ if isinstance(error.__cause__, Exception) else error
+                        hook_manager.hook.on_node_error(
+                            error=cause, node=node, catalog=catalog, inputs=inputs, is_async=False, run_id=run_id
+                        )
+                        raise
+                    self._save_outputs(node, catalog, hook_manager, inputs, outputs, run_id)
+                    done.add(node)
+                    self._logger.info("Completed node: %s", node.name)
+                    self._logger.info("Completed %d out of %d tasks", len(done), len(pipeline.nodes))
+                    self._release_datasets(node, catalog, load_counts, pipeline)
+        except BaseException:
+            # Tasks not started are dropped; one a worker is already running goes on until it ends (Dask cannot
+            # stop it), and writes nothing but its result, which nobody collects.
+            client.cancel(list(running))
+            self._suggest_resume_scenario(pipeline, done, catalog)
+            raise
 
     @staticmethod
     def _load_inputs(node: Node, catalog, hook_manager, run_id: str | None) -> dict[str, Any]:
@@ -145,20 +151,21 @@ class DaskRunner(AbstractRunner):
 
 
 def run_node_function(node: Node, inputs: dict[str, Any], runtime: RuntimeConfig | None) -> dict[str, Any]:
-    """On a worker: the node's function on its inputs, with the run's torch threads and deterministic kernels (the
-    same arithmetic as in the ``kedro run`` process). An error is re-raised naming the node and the worker."""
+    """On a worker: the node's function on its inputs, with the run's torch threads (``runtime.num_threads``; null:
+    this worker's cores) and deterministic kernels. An error is re-raised naming the node and the worker."""
     if runtime is not None:
-        _apply_once(runtime)
+        _prepare_worker(runtime)
     try:
         return node.run(inputs)
     except Exception as error:
         raise WorkerNodeError(f"node {node.name} failed on Dask worker {get_worker().address}: {error}") from error
 
 
-@functools.cache
-def _apply_once(runtime: RuntimeConfig) -> None:
-    """Torch's threads and kernels on this worker, set once per worker process and configuration."""
-    apply_runtime(runtime)
+def _prepare_worker(runtime: RuntimeConfig) -> None:
+    """Torch's threads and kernels as ``runtime`` says, set before every task (another run on the same long-lived
+    worker may have asked for other threads); logged when they change."""
+    if torch.get_num_threads() != runtime.threads() or not torch.backends.cudnn.deterministic:
+        apply_runtime(runtime)
 
 
 def _result(future: Future, node: Node) -> dict[str, Any]:
@@ -175,11 +182,10 @@ def _result(future: Future, node: Node) -> dict[str, Any]:
 
 
 def _runtime_config(catalog) -> RuntimeConfig | None:
-    """The run's ``runtime`` with its thread count resolved here, in the ``kedro run`` process: the workers then
-    compute with the same number of torch threads as a sequential run would, so the results are the same."""
+    """The run's ``runtime`` parameters, when the catalog has them (a Kedro session's always does)."""
     if "params:runtime" not in catalog:
         return None
-    return RuntimeConfig(num_threads=RuntimeConfig.parse(catalog.load("params:runtime")).threads())
+    return RuntimeConfig.parse(catalog.load("params:runtime"))
 
 
 def _has_gpu_workers(client: Client) -> bool:

@@ -381,14 +381,15 @@ def generate_pool(
     uninterrupted run's.
     """
     chunks = [plan.iloc[start : start + chunk_size] for start in range(0, len(plan), chunk_size)]
-    calls = []
+    images: list[np.ndarray | None] = [None] * len(chunks)
+    calls, missing = [], []
     for index, rows in enumerate(chunks):
         path = _chunk_path(cache, generator, rows) if cache is not None else None
         if path is not None and path.is_file():
+            images[index] = np.load(path)
             logger.info(
                 "Chunk %d of %d was sampled before the interruption: kept (%s)", index + 1, len(chunks), path.name
             )
-            calls.append((None, rows, None, path, progress))
             continue
         sources = None
         if rows["source_image_key"].astype(bool).any():
@@ -396,16 +397,17 @@ def generate_pool(
                 raise ValueError("This generator makes each image from a real train image: pass the real images")
             sources = stack_images(real_images, rows["source_image_key"], generator.image)
         calls.append((generator, rows, sources, path, progress))
-    images = run_jobs(_sample_chunk, calls)  # one Dask task per chunk under the Dask runner, else one by one
+        missing.append(index)
+    # one Dask task per chunk under the Dask runner (the generator sent to each worker once), else one by one
+    for index, batch in zip(missing, run_jobs(_sample_chunk, calls), strict=True):
+        images[index] = batch
     return np.concatenate(images) if images else generator.image.empty()
 
 
 def _sample_chunk(
-    generator: Generator | None, rows: pd.DataFrame, sources: np.ndarray | None, path: Path | None, progress: bool
+    generator: Generator, rows: pd.DataFrame, sources: np.ndarray | None, path: Path | None, progress: bool
 ) -> np.ndarray:
-    """A chunk's images: read back when it was kept (``generator`` None), else sampled (and kept at ``path``)."""
-    if generator is None:
-        return np.load(path)
+    """A chunk's images, sampled (and kept at ``path`` for a resume)."""
     batch = generator.generate(rows, sources, progress=progress)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)

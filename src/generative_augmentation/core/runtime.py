@@ -29,6 +29,7 @@ from generative_augmentation.core.crowding import available_cores, warn_if_crowd
 logger = logging.getLogger(__name__)
 Result = TypeVar("Result")
 SCATTER_BYTES = 1 << 20  # arrays common to every call and at least this large go to the workers once
+GPU_TAG = "gpu"  # a node with this tag asks the Dask runner for a worker with a GPU (worker resource "GPU")
 
 
 def derive_seed(seed: int, *keys: object) -> int:
@@ -75,19 +76,20 @@ def run_jobs(function: Callable[..., Result], calls: Sequence[tuple], workers: i
     each fix their own seed and threads, so the results do not depend on where or beside what they run.
 
     Inside a task of the Dask runner, each call becomes a task of the same cluster (Dask's "tasks that submit
-    tasks": the calling task leaves its slot while it waits), whatever ``workers`` says; large arguments common to
+    tasks": the calling task leaves its slot while it waits), whatever ``workers`` says, unless the calling task holds
+    a worker resource (a GPU): then the calls run in it, on that device; large arguments common to
     every call (the same object in each: training arrays) go to every worker once (a copy on each, so a worker
     that dies loses none). Otherwise ``workers`` loky
     processes run them, or this process does, one after the other, when ``workers`` is 1.
     """
-    if len(calls) > 1 and _in_dask_task():
+    if len(calls) > 1 and _in_dask_task() and not _task_holds_resources():
         from distributed import worker_client
 
         common = [value for index, value in enumerate(calls[0]) if all(call[index] is value for call in calls)]
         state = _torch_state()
         with worker_client() as client:
             shared = {
-                id(value): client.scatter(value, hash=False, broadcast=True)
+                id(value): client.scatter([value], hash=False, broadcast=True)[0]
                 for value in common
                 if _worth_sending_once(value)
             }
@@ -102,6 +104,15 @@ def run_jobs(function: Callable[..., Result], calls: Sequence[tuple], workers: i
     if workers > 1 and len(calls) > 1:
         return Parallel(n_jobs=workers, backend="loky")(delayed(function)(*call) for call in calls)
     return [function(*call) for call in calls]
+
+
+def _task_holds_resources() -> bool:
+    """Whether the Dask task running this code was given worker resources (a GPU): its work stays with it."""
+    from distributed import get_worker
+
+    worker = get_worker()
+    task = worker.state.tasks.get(worker.get_current_task())
+    return bool(task is not None and task.resource_restrictions)
 
 
 def _worth_sending_once(value: object) -> bool:

@@ -336,6 +336,11 @@ class StableDiffusionLoraGenerator(Generator):
             outputs += list(pipeline(**batch_options, generator=generators, output_type="np").images)
         return outputs
 
+    def __getstate__(self) -> dict:
+        """Pickled (sent to another process, a Dask worker) without the loaded pipeline, which may sit on a GPU:
+        the receiver rebuilds it from the base model and the adapter weights on first use."""
+        return {**self.__dict__, "pipeline": None}
+
     def _ready_pipeline(self) -> StableDiffusionPipeline:
         """The base pipeline with the trained adapter attached (loaded once), and DPM-Solver++ when configured."""
         if self.pipeline is None:

@@ -2,6 +2,8 @@
 
 from kedro.pipeline import Pipeline, node
 
+from generative_augmentation.core.runtime import GPU_TAG
+
 from .nodes import generate_synthetic_pool, plan_generation, report_generation, train_generator
 
 
@@ -27,14 +29,14 @@ def create_pipeline(**kwargs) -> Pipeline:
                 ],
                 ["generator", "generator_training_log"],
                 name="train_generator",
-                tags=["gpu"],  # the Dask runner sends it to a worker with a GPU when the cluster has one
+                tags=[GPU_TAG],  # the Dask runner sends it to a worker with a GPU when the cluster has one
             ),
             node(
                 generate_synthetic_pool,
                 ["generator", "synthetic_pool_plan", "real_images", "generator_checkpoints", "params:generation"],
                 ["synthetic_images", "synthetic_manifest"],
                 name="generate_synthetic_pool",
-                tags=["gpu"],
+                tags=[GPU_TAG],
             ),
             node(
                 report_generation,
