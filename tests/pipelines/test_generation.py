@@ -242,6 +242,22 @@ def test_the_gan_makes_the_pool_through_the_same_nodes_and_one_row_regenerates_i
     np.testing.assert_array_equal(again[0], np.asarray(images[row["image_key"].iloc[0]]()))
 
 
+def test_one_model_per_class_makes_the_pool_through_the_same_nodes_and_one_row_regenerates_its_image(
+    tmp_path: Path, data
+) -> None:
+    generation = {**GENERATION, "generator": "per_group", "per_group": {"base": "ddpm", "by": "class"}}
+    catalog = run(tmp_path, data, generation)
+    synthetic, images = catalog.load("synthetic_manifest"), catalog.load("synthetic_images")
+    assert synthetic.groupby("intended_class").size().to_dict() == {"c1": 6, "c2": 4}
+    assert (synthetic["generator"] == "per_group").all()
+    generator = catalog.load("generator")  # saved and loaded back through the catalog's folder dataset
+    assert generator.kind == "per_group" and sorted(generator.models) == [(0, 0), (1, 0), (2, 0)]
+    assert len(catalog.load("generator_training_log")) == 3 * DDPM["train_steps"]  # one training per class
+    row = synthetic.iloc[[7]]
+    again = generate_pool(generator, row, data[1], progress=False)
+    np.testing.assert_array_equal(again[0], np.asarray(images[row["image_key"].iloc[0]]()))
+
+
 class Killed(BaseException):
     """Stands for a kill: nothing catches it on the way out."""
 

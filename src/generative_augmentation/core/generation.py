@@ -115,7 +115,7 @@ class GenerationConfig(Config):
         chosen = parsed.get(config.generator) or config.generator_class.settings_class.parse(
             None, f"{where}.{config.generator}"
         )
-        return config.replace(settings=chosen)
+        return config.replace(settings=config.generator_class.complete_settings(chosen, parsed))
 
     @property
     def generator_class(self) -> type[Generator]:

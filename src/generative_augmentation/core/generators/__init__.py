@@ -1,6 +1,6 @@
 """Generators behind one interface; importing this package registers every kind."""
 
-from generative_augmentation.core.generators import ddpm, gan, stable_diffusion  # noqa: F401 - registers the kinds
+from generative_augmentation.core.generators import ddpm, gan, per_group, stable_diffusion  # noqa: F401 - registers
 from generative_augmentation.core.generators.base import (
     GENERATORS,
     SAMPLING_COLUMNS,

@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Self
@@ -79,6 +80,12 @@ class Generator(ABC):
     @classmethod  # noqa: B027 - an optional hook: most kinds need no check against the data
     def check(cls, settings: Config, class_names: list[str]) -> None:
         """Refuse settings that do not fit the data (a prompt for an unknown class, say) before any work starts."""
+
+    @classmethod
+    def complete_settings(cls, settings: Config, blocks: Mapping[str, Config]) -> Config:
+        """The settings, given every generator block of ``generation`` parsed (a kind built on another kind takes
+        that kind's block from ``blocks``)."""
+        return settings
 
     @classmethod
     def conditions_on_clusters(cls, settings: Config) -> bool:
