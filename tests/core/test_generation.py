@@ -120,11 +120,18 @@ def test_an_every_class_arm_makes_the_pool_cover_every_class(manifest: pd.DataFr
 
 def test_an_arm_drawing_a_class_the_pool_lacks_is_refused_before_training(manifest: pd.DataFrame) -> None:
     every = {"s": ScenarioConfig(kind="synthetic", ratio=1.0, every_class=True)}
-    with pytest.raises(ConfigError, match=r"Arm s draws synthetic images of \['c0'\], which generation.classes"):
+    with pytest.raises(
+        ConfigError, match=r"Arm s draws synthetic images of \['c0'\] \(every_class\), which generation.classes"
+    ):
         plan_pool(manifest, None, config(classes=["c1", "c2"]), SEED, every)
     own = {"t": ScenarioConfig(kind="synthetic", ratio=1.0, classes=["c2"])}
     with pytest.raises(ConfigError, match=r"Arm t draws synthetic images of \['c2'\]"):
         plan_pool(manifest, None, config(classes=["c1"]), SEED, own)
+    study_wide = {"u": ScenarioConfig(kind="synthetic", ratio=1.0)}
+    with pytest.raises(ConfigError, match=r"Arm u draws synthetic images of \['c0'\] \(study.augment_classes\)"):
+        plan_pool(manifest, None, config(classes=["c1", "c2"]), SEED, study_wide, ["c0", "c1"])
+    _, plan = plan_pool(manifest, None, config(classes=["c0", "c1"]), SEED, study_wide, ["c0", "c1"])
+    assert sorted(plan["intended_class"].unique()) == ["c0", "c1"]
 
 
 def test_a_balanced_train_set_generates_every_class(manifest: pd.DataFrame, caplog) -> None:

@@ -149,8 +149,10 @@ def test_every_class_gives_every_class_the_same_synthetic_share(manifest, labele
     assert by_origin["synthetic"].to_dict() == {"a": 30, "b": 12, "c": 6}  # the dominant class 'a' too
     share = by_origin["synthetic"] / by_origin.sum(axis=1)
     assert np.allclose(share, 0.6)  # 1.5 / 2.5 in every class: being synthetic says nothing about the label
-    with pytest.raises(ValueError, match=r"needs 30 kept synthetic images of class 'a' but the filtered pool has 0"):
+    with pytest.raises(ValueError, match=r"needs 30 kept synthetic images of class 'a' but the pool has none") as gap:
         assemble(spec("synthetic", 1.5, every_class=True), STUDY, manifest, 0, labeled_synthetic)
+    assert "generation made no image of 'a'. Add it to generation.classes" in str(gap.value)
+    assert "oversample" not in str(gap.value)  # more of the same pool would never hold class 'a
 
 
 def test_missing_inputs_and_a_small_pool_are_named(manifest, labeled_synthetic) -> None:

@@ -50,7 +50,12 @@ def data() -> tuple[pd.DataFrame, dict]:
 
 
 def run(
-    tmp_path: Path, data: tuple[pd.DataFrame, dict], generation: dict[str, Any], seed: int = SEED, runner=None
+    tmp_path: Path,
+    data: tuple[pd.DataFrame, dict],
+    generation: dict[str, Any],
+    seed: int = SEED,
+    runner=None,
+    study: dict[str, Any] = STUDY,
 ) -> DataCatalog:
     """The pipeline with memory inputs; the pool, its manifest and the generator through the real file datasets
     (run by ``runner``, by default the SequentialRunner)."""
@@ -64,7 +69,7 @@ def run(
             "params:generation": MemoryDataset(generation),
             "params:image": MemoryDataset(IMAGE),
             "params:seed": MemoryDataset(seed),
-            "params:study": MemoryDataset(STUDY),
+            "params:study": MemoryDataset(study),
             "params:scenarios": MemoryDataset(SCENARIOS),
             "generator": GeneratorDataset(str(tmp_path / "generator")),
             "generator_training_log": CSVDataset(filepath=str(tmp_path / "training_log.csv")),
@@ -184,7 +189,7 @@ def test_stable_diffusion_lora_makes_the_pool_through_the_same_nodes(tmp_path: P
             "lora": {"rank": 4, "alpha": 8, "train_steps": 2, "batch_size": 2, "checkpoint_every": 2},
         },
     }
-    catalog = run(tmp_path, data, generation)
+    catalog = run(tmp_path, data, generation, study={**STUDY, "augment_classes": ["c2"]})
     synthetic = catalog.load("synthetic_manifest")
     assert len(synthetic) == 4 and (synthetic["prompt"] == "a fundus photo, c2").all()
     assert (synthetic["negative_prompt"] == "blurry").all() and (synthetic["mode"] == mode).all()

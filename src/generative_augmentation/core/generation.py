@@ -128,12 +128,14 @@ def plan_pool(
     config: GenerationConfig,
     seed: int,
     arms: Mapping[str, ScenarioConfig] | None = None,
+    augment_classes: list[str] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Check the settings against the data; return the generator's training set and the pool plan.
 
     The training set is the real TRAIN split only (with each image's cluster when clusters are used); the plan has
     one row per synthetic image to generate, with its seed derived from ``seed``. ``arms``: the study's arms, which
-    size an ``auto`` pool.
+    size an ``auto`` pool; ``augment_classes``: ``study.augment_classes``, what an arm without its own ``classes``
+    draws.
     """
     kind = config.generator_class
     names = class_names(manifest)
@@ -149,7 +151,7 @@ def plan_pool(
             "The train split is balanced (%d images per class): no class is a minority, every class is generated",
             counts.iloc[0],
         )
-    _check_arms_covered(arms or {}, targets, list(counts.index), config)
+    _check_arms_covered(arms or {}, targets, counts, config, augment_classes)
     for name in targets:
         if counts[name] < config.min_train_images_per_class:
             raise ConfigError(
@@ -194,17 +196,26 @@ def training_images_table(
 
 
 def _check_arms_covered(
-    arms: Mapping[str, ScenarioConfig], targets: list[str], classes: list[str], config: GenerationConfig
+    arms: Mapping[str, ScenarioConfig],
+    targets: list[str],
+    counts: pd.Series,
+    config: GenerationConfig,
+    augment_classes: list[str] | None,
 ) -> None:
     """Refuse, before any training, a pool that lacks a class an arm of the study draws synthetic images of."""
     for name, spec in arms.items():
         if not spec.uses_synthetic:
             continue
-        wanted = classes if spec.every_class else spec.classes
-        missing = [cls for cls in wanted or [] if cls not in targets]
+        if spec.every_class:
+            wanted, source = [str(cls) for cls in counts.index], "every_class"
+        elif spec.classes is not None:
+            wanted, source = spec.classes, spec.parameter("classes")
+        else:
+            wanted, source = resolve_classes(augment_classes, counts, "study.augment_classes"), "study.augment_classes"
+        missing = [cls for cls in wanted if cls not in targets]
         if missing:
             raise ConfigError(
-                f"Arm {name} draws synthetic images of {missing}, which {config.parameter('classes')} "
+                f"Arm {name} draws synthetic images of {missing} ({source}), which {config.parameter('classes')} "
                 f"({targets}) does not generate: add them there, or set it to null"
             )
 

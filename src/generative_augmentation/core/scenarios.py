@@ -317,6 +317,12 @@ def synthetic_counts(spec: ScenarioConfig, study: StudyConfig, counts: pd.Series
 def pool_shortfall(labeled_synthetic: pd.DataFrame, class_name: str, needed: int, kept: int, scenario: str) -> str:
     """What went short and how to fix it: the class's keep rate, why images were dropped, the factor to apply."""
     generated = labeled_synthetic[labeled_synthetic["intended_class"] == class_name]
+    if generated.empty:
+        return (
+            f"The {scenario} needs {needed} kept synthetic images of class {class_name!r} but the pool has none: "
+            f"generation made no image of {class_name!r}. Add it to generation.classes (or set that to null when "
+            "study.augment_classes is null), and rerun generation and pseudo_labeling"
+        )
     reasons = generated.loc[generated["verdict"] != "keep", "drop_reason"].value_counts().to_dict()
     rate = kept / len(generated) if len(generated) else 0.0
     factor = f"at least {needed / kept:.1f}" if kept else "much more"

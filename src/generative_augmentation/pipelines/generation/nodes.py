@@ -31,7 +31,7 @@ from generative_augmentation.core.generators import Generator
 from generative_augmentation.core.images import ImageSpec, array_to_pil, stack_images
 from generative_augmentation.core.manifest import class_names
 from generative_augmentation.core.plots import loss_curve, real_beside_synthetic
-from generative_augmentation.core.scenarios import study_scenarios
+from generative_augmentation.core.scenarios import StudyConfig, study_scenarios
 
 logger = logging.getLogger(__name__)
 
@@ -46,8 +46,10 @@ def plan_generation(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The generator's training set (real train only) and the pool plan, one row per synthetic image, sized for
     what the study's arms draw when ``generation.pool`` says auto."""
-    arms = study_scenarios(study, scenarios)
-    return plan_pool(manifest, clusters, GenerationConfig.parse(generation), seed, arms)
+    study_config = StudyConfig.parse(study)
+    arms = study_scenarios(study_config, scenarios)
+    config = GenerationConfig.parse(generation)
+    return plan_pool(manifest, clusters, config, seed, arms, study_config.augment_classes)
 
 
 def train_generator(
