@@ -1,4 +1,4 @@
-"""A tiny, randomly initialised Stable Diffusion pipeline built offline, for tests."""
+"""Tiny, randomly initialised Stable Diffusion (1.x-like and XL) pipelines built offline, for tests."""
 
 from __future__ import annotations
 
@@ -6,10 +6,17 @@ import json
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
+    UNet2DConditionModel,
+)
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 TEXT_HIDDEN_SIZE = 32
+TIME_EMBED_SIZE = 8  # per SDXL size id; six ids plus the pooled projection feed the UNet's added embedding
 MERGES = ("f u", "fu n", "fun d", "fund u", "fundu s</w>", "r e", "t i", "n a</w>", "re ti", "reti na</w>")
 SPECIAL_TOKENS = ("<|startoftext|>", "<|endoftext|>")
 
@@ -25,20 +32,48 @@ def build_tiny_stable_diffusion(folder: str | Path, seed: int = 0) -> Path:
         text_encoder=_tiny_text_encoder(tokenizer),
         tokenizer=tokenizer,
         unet=_tiny_unet(),
-        scheduler=DDIMScheduler(
-            beta_start=0.00085,
-            beta_end=0.012,
-            beta_schedule="scaled_linear",
-            clip_sample=False,
-            set_alpha_to_one=False,
-            steps_offset=1,
-        ),
+        scheduler=_scheduler(),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
     )
     pipeline.save_pretrained(folder)
     return folder
+
+
+def build_tiny_stable_diffusion_xl(folder: str | Path, seed: int = 0) -> Path:
+    """Save a tiny random Stable Diffusion XL pipeline (two text encoders, size ids; 32 px images) into ``folder``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    tokenizer = _tiny_tokenizer(folder / "tokenizer")
+    pipeline = StableDiffusionXLPipeline(
+        vae=_tiny_vae(),
+        text_encoder=_tiny_text_encoder(tokenizer),
+        text_encoder_2=_tiny_text_encoder(tokenizer, CLIPTextModelWithProjection),
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer,
+        unet=_tiny_unet(
+            addition_embed_type="text_time",
+            addition_time_embed_dim=TIME_EMBED_SIZE,
+            projection_class_embeddings_input_dim=6 * TIME_EMBED_SIZE + TEXT_HIDDEN_SIZE,
+            cross_attention_dim=2 * TEXT_HIDDEN_SIZE,  # both encoders' states, concatenated
+        ),
+        scheduler=_scheduler(),
+    )
+    pipeline.save_pretrained(folder)
+    return folder
+
+
+def _scheduler() -> DDIMScheduler:
+    return DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
 
 
 def _tiny_tokenizer(folder: Path) -> CLIPTokenizer:
@@ -53,7 +88,7 @@ def _tiny_tokenizer(folder: Path) -> CLIPTokenizer:
     return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77)
 
 
-def _tiny_text_encoder(tokenizer: CLIPTokenizer) -> CLIPTextModel:
+def _tiny_text_encoder(tokenizer: CLIPTokenizer, model: type = CLIPTextModel) -> CLIPTextModel:
     config = CLIPTextConfig(
         vocab_size=1000,
         hidden_size=TEXT_HIDDEN_SIZE,
@@ -64,12 +99,13 @@ def _tiny_text_encoder(tokenizer: CLIPTokenizer) -> CLIPTextModel:
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
+        projection_dim=TEXT_HIDDEN_SIZE,
     )
-    return CLIPTextModel(config)
+    return model(config)
 
 
-def _tiny_unet() -> UNet2DConditionModel:
-    return UNet2DConditionModel(
+def _tiny_unet(**changes: object) -> UNet2DConditionModel:
+    settings = dict(
         sample_size=16,
         in_channels=4,
         out_channels=4,
@@ -81,6 +117,7 @@ def _tiny_unet() -> UNet2DConditionModel:
         attention_head_dim=(2, 4),
         norm_num_groups=32,
     )
+    return UNet2DConditionModel(**(settings | changes))
 
 
 def _tiny_vae() -> AutoencoderKL:

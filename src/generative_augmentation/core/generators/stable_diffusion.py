@@ -1,15 +1,20 @@
-"""Stable Diffusion 1.x / 2.x fine-tuned with LoRA, text-to-image or image-to-image, behind the generator interface.
+"""Stable Diffusion 1.x / 2.x / XL fine-tuned with LoRA, text-to-image or image-to-image, behind the generator
+interface, optionally with DreamBooth's prior preservation.
 
-Training follows diffusers' ``train_text_to_image_lora.py``: frozen VAE, text encoder and UNet; peft LoRA adapters on
-the UNet's attention projections; the noise-prediction loss on VAE latents, one prompt per class. Randomness comes
-from ``(seed, step)`` and checkpoints from accelerate (:mod:`..training`), so an interrupted run resumes exactly.
-Generation gives every image its own CPU generator, so image ``i`` depends only on its seed (and source image).
-The safety checker is off: medical images trip it for no reason. Only local folders or hub ids load; nothing is
-downloaded when offline.
+Training follows diffusers' ``train_text_to_image_lora.py`` (and ``train_text_to_image_lora_sdxl.py`` for an XL
+model: two text encoders, pooled text embeddings and size ids): frozen VAE, text encoders and UNet; peft LoRA
+adapters on the UNet's attention projections; the noise-prediction loss on VAE latents, one prompt per class. With
+``prior_preservation`` it follows ``train_dreambooth_lora.py``: the class prompts are DreamBooth's instance prompts,
+and the base model's own images of a generic class prompt join every batch with a weighted loss. The family (1.x/2.x
+or XL) is read from the model folder's ``model_index.json``. Randomness comes from ``(seed, step)`` and checkpoints
+from accelerate (:mod:`..training`), so an interrupted run resumes exactly. Generation gives every image its own CPU
+generator, so image ``i`` depends only on its seed (and source image). The safety checker is off: medical images trip
+it for no reason. Only local folders or hub ids load; nothing is downloaded when offline.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from dataclasses import dataclass, field
@@ -21,10 +26,12 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from diffusers import (
+    AutoPipelineForImage2Image,
     DDPMScheduler,
+    DiffusionPipeline,
     DPMSolverMultistepScheduler,
-    StableDiffusionImg2ImgPipeline,
     StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
 )
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import cast_training_params
@@ -51,6 +58,8 @@ from generative_augmentation.core.training import (
 logger = logging.getLogger(__name__)
 
 REQUIRED_PARTS = ("model_index.json", "unet", "vae", "text_encoder", "tokenizer", "scheduler")
+XL_PARTS = ("text_encoder_2", "tokenizer_2")
+XL_PIPELINE = "StableDiffusionXLPipeline"
 ADAPTER = "default"
 LORA_WEIGHTS_FILE = "pytorch_lora_weights.safetensors"  # what save_lora_weights writes; diffusers loads it too
 HUB_ID_PATTERN = re.compile(r"[\w.-]+/[\w.-]+")
@@ -86,6 +95,24 @@ class LoraSettings(Config):
 
 
 @dataclass(frozen=True)
+class PriorPreservation(Config):
+    """DreamBooth's prior preservation: before training, the base model makes ``class_images`` images of
+    ``class_prompt``; every step trains on a batch of them too, their loss weighted by ``loss_weight``, so the
+    adapter learns the classes without forgetting what the base model makes of the modality."""
+
+    where = "generation.stable_diffusion.prior_preservation"
+    enabled: bool = False
+    class_prompt: str = "a medical image"
+    class_images: int = 100
+    loss_weight: float = 1.0
+
+    def checks(self):
+        yield from self.at_least("class_images")
+        yield from self.positive("loss_weight")
+        yield "class_prompt", bool(self.class_prompt.strip()), "is empty: give the generic prompt of the modality"
+
+
+@dataclass(frozen=True)
 class StableDiffusionSettings(Config):
     """The base model (a local folder saved with ``save_pretrained``, or a hub id when online), prompts, sampling
     and LoRA training. ``image_to_image`` re-noises a real train image of the class by ``strength`` (DA-Fusion)."""
@@ -103,6 +130,7 @@ class StableDiffusionSettings(Config):
     prompts: dict[str, str] = field(default_factory=dict)
     negative_prompt: str = "text, watermark, frame, cartoon, drawing, low quality, deformed"
     lora: LoraSettings = field(default_factory=LoraSettings)
+    prior_preservation: PriorPreservation = field(default_factory=PriorPreservation)
 
     def checks(self):
         yield from self.within("strength", 0, 1, open_low=True)
@@ -131,14 +159,25 @@ class StableDiffusionSettings(Config):
 
 
 def validate_pipeline_folder(folder: str | Path) -> Path:
-    """Check that ``folder`` holds a saved Stable Diffusion pipeline; ``ValueError`` names what is missing."""
+    """Check that ``folder`` holds a saved Stable Diffusion (or XL) pipeline; ``ValueError`` names what is missing."""
     folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise ValueError(f"Stable Diffusion folder {folder} does not exist")
     missing = [part for part in REQUIRED_PARTS if not (folder / part).exists()]
+    if not missing and is_xl_folder(folder):
+        missing = [part for part in XL_PARTS if not (folder / part).exists()]
     if missing:
         raise ValueError(f"Stable Diffusion folder {folder} is missing: {', '.join(missing)}")
     return folder
+
+
+def is_xl_folder(folder: Path) -> bool:
+    """Whether the saved pipeline in ``folder`` is Stable Diffusion XL (its ``model_index.json`` says so)."""
+    try:
+        index = json.loads((folder / "model_index.json").read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ValueError(f"Stable Diffusion folder {folder}: model_index.json does not read: {error}") from error
+    return str(index.get("_class_name", "")).startswith(XL_PIPELINE)
 
 
 def is_local_source(source: str | Path) -> bool:
@@ -148,20 +187,58 @@ def is_local_source(source: str | Path) -> bool:
     return HUB_ID_PATTERN.fullmatch(str(source)) is None
 
 
-def load_stable_diffusion(source: str | Path, device: str | None = None) -> StableDiffusionPipeline:
-    """A pipeline from a local folder (validated first) or a hub id, safety checker off; errors name the model."""
+def load_stable_diffusion(
+    source: str | Path, device: str | None = None
+) -> StableDiffusionPipeline | StableDiffusionXLPipeline:
+    """A text-to-image pipeline of the family the model is (1.x/2.x or XL) from a local folder (validated first) or
+    a hub id, safety checker off; errors name the model."""
+    no_checker = {"safety_checker": None, "requires_safety_checker": False}  # XL has none: pass nothing to it
     if is_local_source(source):
         source = validate_pipeline_folder(source)
+        no_checker = {} if is_xl_folder(source) else no_checker
     logger.info("Loading Stable Diffusion from %s", source)
     try:
-        pipeline = StableDiffusionPipeline.from_pretrained(
-            str(source), safety_checker=None, requires_safety_checker=False
-        )
+        pipeline = DiffusionPipeline.from_pretrained(str(source), **no_checker)
+        if not isinstance(pipeline, StableDiffusionPipeline | StableDiffusionXLPipeline):
+            raise TypeError(f"it is a {type(pipeline).__name__}, not a Stable Diffusion (1.x, 2.x or XL) pipeline")
     except Exception as error:  # diffusers raises OSError, KeyError, ValueError... on a broken folder
         raise ValueError(
             f"Parameter generation.stable_diffusion.model ({source}) does not load: {type(error).__name__}: {error}"
         ) from error
     return pipeline.to(pick_device(device))
+
+
+@dataclass
+class PromptConditioning:
+    """The UNet's text conditioning of each class prompt: encoder states, and for XL the pooled text embeddings and
+    the size ids (original size, crop corner, target size) of ``train_text_to_image_lora_sdxl.py``."""
+
+    states: torch.Tensor  # (K, tokens, width)
+    pooled: torch.Tensor | None = None  # (K, projection) XL only
+    time_ids: torch.Tensor | None = None  # (1, 6) XL only
+
+    def unet_inputs(self, prompt_index: torch.Tensor, device: torch.device) -> dict[str, Any]:
+        """The UNet's conditioning keyword arguments for a batch whose prompts are ``prompt_index``."""
+        inputs: dict[str, Any] = {"encoder_hidden_states": self.states[prompt_index].to(device)}
+        if self.pooled is not None and self.time_ids is not None:
+            inputs["added_cond_kwargs"] = {
+                "text_embeds": self.pooled[prompt_index].to(device),
+                "time_ids": self.time_ids.repeat(len(prompt_index), 1).to(device),
+            }
+        return inputs
+
+
+class _PriorImages:
+    """DreamBooth's class images as a checkpointable object: a resumed run reuses them instead of making them again."""
+
+    def __init__(self) -> None:
+        self.images = torch.empty(0, dtype=torch.uint8)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"images": self.images}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.images = state["images"]
 
 
 class _LoraWeights:
@@ -184,7 +261,8 @@ RESUMABLE_FIELDS = ("train_steps", "checkpoint_every", "mixed_precision")
 
 @register
 class StableDiffusionLoraGenerator(Generator):
-    """Stable Diffusion with a LoRA adapter trained on the real train images, one prompt per class."""
+    """Stable Diffusion (1.x, 2.x or XL) with a LoRA adapter trained on the real train images, one prompt per class,
+    optionally with DreamBooth's prior preservation."""
 
     kind = "stable_diffusion"
     settings_class = StableDiffusionSettings
@@ -208,6 +286,8 @@ class StableDiffusionLoraGenerator(Generator):
             except ValueError as error:
                 raise ConfigError(f"Parameter {settings.parameter('model')}: {error}") from error
         settings.class_prompts(class_names)
+        if settings.prior_preservation.enabled and settings.mode == "image_to_image":
+            logger.info("Prior preservation: the class images are made text-to-image from the class prompt")
 
     @classmethod
     def uses_source_images(cls, settings: StableDiffusionSettings) -> bool:
@@ -250,31 +330,44 @@ class StableDiffusionLoraGenerator(Generator):
             lora.lr_scheduler, optimizer, num_warmup_steps=lora.warmup_steps, num_training_steps=lora.train_steps
         )
         optimizer, lr_scheduler = accelerator.prepare(optimizer, lr_scheduler)
-        checkpointer = Checkpointer(
-            checkpoint_dir, accelerator, settings, RESUMABLE_FIELDS, extras={"lora": _LoraWeights(pipeline.unet)}
-        )
+        extras: dict[str, Any] = {"lora": _LoraWeights(pipeline.unet)}
+        prior, prior_settings = _PriorImages(), settings.prior_preservation
+        if prior_settings.enabled:
+            extras["prior"] = prior
+        checkpointer = Checkpointer(checkpoint_dir, accelerator, settings, RESUMABLE_FIELDS, extras=extras)
         start, losses = checkpointer.resume()
-        prompts = settings.class_prompts(self.class_names)
-        embeddings = _encode_prompts(pipeline, [prompts[name] for name in self.class_names])
         resolution = settings.resolution or pipeline_resolution(pipeline)
+        if prior_settings.enabled and not len(prior.images):
+            prior.images = self._class_images(pipeline, resolution)
+        prompts = settings.class_prompts(self.class_names)
+        conditioning = _encode_prompts(
+            pipeline, [prompts[name] for name in self.class_names] + [prior_settings.class_prompt], resolution
+        )
+        prior_label = len(self.class_names)  # the class prompt's row in ``conditioning``
         images = torch.from_numpy(np.ascontiguousarray(data.images))
         labels = torch.from_numpy(np.asarray(data.labels, dtype=np.int64))
         noise_scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
-        logger.info("Training LoRA on %d images at %d px from step %d", len(images), resolution, start)
+        logger.info(
+            "Training LoRA (%s) on %d images at %d px from step %d%s",
+            type(pipeline).__name__,
+            len(images),
+            resolution,
+            start,
+            f", with {len(prior.images)} prior-preservation images" if prior_settings.enabled else "",
+        )
 
         def train_step(step: int) -> float:
             indices = torch.from_numpy(batch_indices(self.seed, step, lora.batch_size, len(images)))
             generator = step_generator(self.seed, step)
-            loss = _lora_loss(
-                pipeline,
-                noise_scheduler,
-                images[indices],
-                embeddings[labels[indices]],
-                resolution,
-                lora,
-                generator,
-                accelerator,
-            )
+            batch = (images[indices], conditioning, labels[indices])
+            loss = _lora_loss(pipeline, noise_scheduler, *batch, resolution, lora, generator, accelerator)
+            if prior_settings.enabled:
+                chosen = torch.from_numpy(
+                    batch_indices(derive_seed(self.seed, "prior"), step, lora.batch_size, len(prior.images))
+                )
+                batch = (prior.images[chosen], conditioning, torch.full((len(chosen),), prior_label))
+                prior_loss = _lora_loss(pipeline, noise_scheduler, *batch, resolution, lora, generator, accelerator)
+                loss = loss + prior_settings.loss_weight * prior_loss
             optimisation_step(accelerator, loss, optimizer, lr_scheduler, parameters, lora.max_grad_norm)
             return float(loss.detach())
 
@@ -295,8 +388,34 @@ class StableDiffusionLoraGenerator(Generator):
         pipeline.unet.eval()
         self.pipeline = pipeline
         self.lora_weights = cpu_tensors(convert_state_dict_to_diffusers(_LoraWeights(pipeline.unet).state_dict()))
-        self.training = {"loss_history": losses, "steps_per_second": steps_per_second, "train_images": len(images)}
+        self.training = {
+            "loss_history": losses,
+            "steps_per_second": steps_per_second,
+            "train_images": len(images),
+            "pipeline": type(pipeline).__name__,
+            "prior_images": len(prior.images),
+        }
         return losses
+
+    def _class_images(self, pipeline: Any, resolution: int) -> torch.Tensor:
+        """DreamBooth's class images: the base model (no adapter yet) on the class prompt, one seed per image."""
+        prior = self.settings.prior_preservation
+        logger.info(
+            "Making %d prior-preservation images of %r with the base model", prior.class_images, prior.class_prompt
+        )
+        self._use_sampler(pipeline)
+        pipeline.set_progress_bar_config(disable=True)
+        pipeline.unet.disable_adapters()
+        seeds = np.array([derive_seed(self.seed, "prior-image", index) for index in range(prior.class_images)])
+        options = {
+            "prompt": [prior.class_prompt] * len(seeds),
+            "negative_prompt": [self.settings.negative_prompt] * len(seeds) if self.settings.negative_prompt else None,
+            "num_inference_steps": self.settings.steps,
+            "guidance_scale": self.settings.guidance_scale,
+        }
+        outputs = self._batched(pipeline, options, seeds, height=resolution, width=resolution)
+        pipeline.unet.enable_adapters()
+        return torch.from_numpy((np.stack(outputs) * 255).round().clip(0, 255).astype(np.uint8))
 
     # --- sampling ----------------------------------------------------------------------------------------
     def _sample(self, rows: pd.DataFrame, sources: np.ndarray | None, progress: bool) -> np.ndarray:
@@ -315,7 +434,7 @@ class StableDiffusionLoraGenerator(Generator):
         if first["mode"] == "image_to_image":
             if sources is None:
                 raise ValueError("image_to_image generation needs the real source images")
-            img2img = StableDiffusionImg2ImgPipeline(**pipeline.components, requires_safety_checker=False)
+            img2img = AutoPipelineForImage2Image.from_pipe(pipeline)
             img2img.set_progress_bar_config(disable=not progress)
             pil_sources = [array_to_pil(image).convert("RGB").resize((resolution, resolution)) for image in sources]
             outputs = self._batched(img2img, options, seeds, image=pil_sources, strength=float(first["strength"]))
@@ -341,7 +460,7 @@ class StableDiffusionLoraGenerator(Generator):
         the receiver rebuilds it from the base model and the adapter weights on first use."""
         return {**self.__dict__, "pipeline": None}
 
-    def _ready_pipeline(self) -> StableDiffusionPipeline:
+    def _ready_pipeline(self) -> StableDiffusionPipeline | StableDiffusionXLPipeline:
         """The base pipeline with the trained adapter attached (loaded once), and DPM-Solver++ when configured."""
         if self.pipeline is None:
             self.pipeline = load_stable_diffusion(str(self.settings.model), self.device)
@@ -351,17 +470,20 @@ class StableDiffusionLoraGenerator(Generator):
                 metadata=self.settings.lora.peft_config().to_dict(),
                 adapter_name=ADAPTER,
             )
-        if self.settings.sampler == "dpm_solver" and not isinstance(
-            self.pipeline.scheduler, DPMSolverMultistepScheduler
-        ):
-            self.pipeline.scheduler = DPMSolverMultistepScheduler.from_config(self.pipeline.scheduler.config)
+        self._use_sampler(self.pipeline)
         return self.pipeline
+
+    def _use_sampler(self, pipeline: Any) -> None:
+        """DPM-Solver++ in place of the model's own scheduler when ``sampler`` is ``dpm_solver``."""
+        if self.settings.sampler == "dpm_solver" and not isinstance(pipeline.scheduler, DPMSolverMultistepScheduler):
+            pipeline.scheduler = DPMSolverMultistepScheduler.from_config(pipeline.scheduler.config)
 
     # --- persistence -------------------------------------------------------------------------------------
     def _save_model(self, folder: Path) -> None:
         if not self.lora_weights:
             raise ValueError("The LoRA generator has not been fitted: nothing to save")
-        StableDiffusionPipeline.save_lora_weights(
+        is_xl = self.training.get("pipeline") == StableDiffusionXLPipeline.__name__
+        (StableDiffusionXLPipeline if is_xl else StableDiffusionPipeline).save_lora_weights(
             save_directory=folder,
             unet_lora_layers=self.lora_weights,
             safe_serialization=True,
@@ -379,29 +501,32 @@ def pipeline_resolution(pipeline: StableDiffusionPipeline) -> int:
 
 
 @torch.no_grad()
-def _encode_prompts(pipeline: StableDiffusionPipeline, prompts: list[str]) -> torch.Tensor:
-    """Text embeddings (one per class) from the frozen text encoder."""
-    tokens = pipeline.tokenizer(
-        prompts,
-        max_length=pipeline.tokenizer.model_max_length,
-        padding="max_length",
-        truncation=True,
-        return_tensors="pt",
-    )
-    return pipeline.text_encoder(tokens.input_ids.to(pipeline.device), return_dict=False)[0]
+def _encode_prompts(pipeline: Any, prompts: list[str], resolution: int) -> PromptConditioning:
+    """The conditioning of each prompt from the frozen text encoder(s), by the pipeline's own ``encode_prompt``."""
+    if isinstance(pipeline, StableDiffusionXLPipeline):
+        states, _, pooled, _ = pipeline.encode_prompt(
+            prompt=prompts, device=pipeline.device, num_images_per_prompt=1, do_classifier_free_guidance=False
+        )
+        # No crop, trained at the target size: (original h, w, crop top, left, target h, w), as the SDXL LoRA script.
+        time_ids = torch.tensor([[resolution, resolution, 0, 0, resolution, resolution]], dtype=states.dtype)
+        return PromptConditioning(states, pooled, time_ids)
+    states, _ = pipeline.encode_prompt(prompts, pipeline.device, 1, False)
+    return PromptConditioning(states)
 
 
 def _lora_loss(
-    pipeline: StableDiffusionPipeline,
+    pipeline: Any,
     noise_scheduler: DDPMScheduler,
     images: torch.Tensor,
-    text: torch.Tensor,
+    conditioning: PromptConditioning,
+    prompt_index: torch.Tensor,
     resolution: int,
     lora: LoraSettings,
     generator: torch.Generator,
     accelerator: Any,
 ) -> torch.Tensor:
-    """The noise-prediction loss of one batch of uint8 (B, H, W, C) images; randomness from ``generator``."""
+    """The noise-prediction loss of one batch of uint8 (B, H, W, C) images captioned by the prompts
+    ``prompt_index``; randomness from ``generator``."""
     device = accelerator.device
     flip = (torch.rand(len(images), generator=generator) < 0.5) & lora.horizontal_flip
     timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(images),), generator=generator)
@@ -413,7 +538,8 @@ def _lora_loss(
     timesteps = timesteps.to(device)
     noisy = noise_scheduler.add_noise(latents, noise, timesteps)
     with accelerator.autocast():
-        prediction = pipeline.unet(noisy.to(pipeline.unet.dtype), timesteps, text.to(device), return_dict=False)[0]
+        inputs = conditioning.unet_inputs(prompt_index, device)
+        prediction = pipeline.unet(noisy.to(pipeline.unet.dtype), timesteps, **inputs, return_dict=False)[0]
     if noise_scheduler.config.prediction_type == "v_prediction":
         target = noise_scheduler.get_velocity(latents, noise, timesteps)
     else:
