@@ -5,11 +5,11 @@
 
 Every process opens the project's catalog and runs the same node function as ``kedro run`` does; accelerate (which
 every generator trains through) splits each batch over the processes and averages the gradients. The first process
-alone saves the generator and its loss log (the loss on its share of each batch) through the catalog, and writes
-the checkpoints (they resume as under
-``kedro run``, and refuse a changed configuration). The plan (the generator's training set) is made first when the
-catalog does not have it. ``--config`` takes a Kedro run file (``run: {env: ..., params: {...}}``), as ``kedro run
---config`` does. With one process (plain ``python -m``) it is the node on one device.
+alone saves the generator and its loss log (the loss on its share of each batch) through the catalog, and writes the
+checkpoints (they resume as under ``kedro run``, and refuse a changed configuration). The plan (the generator's
+training set) is made first when the catalog does not have it. ``--config`` takes a Kedro run file (``run: {env:
+..., params: {...}}``), as ``kedro run --config`` does. With one process (plain ``python -m``) it is the node on one
+device.
 """
 
 from __future__ import annotations

@@ -76,11 +76,11 @@ def run_jobs(function: Callable[..., Result], calls: Sequence[tuple], workers: i
     each fix their own seed and threads, so the results do not depend on where or beside what they run.
 
     Inside a task of the Dask runner, each call becomes a task of the same cluster (Dask's "tasks that submit
-    tasks": the calling task leaves its slot while it waits), whatever ``workers`` says, unless the calling task holds
-    a worker resource (a GPU): then the calls run in it, on that device; large arguments common to
-    every call (the same object in each: training arrays) go to every worker once (a copy on each, so a worker
-    that dies loses none). Otherwise ``workers`` loky
-    processes run them, or this process does, one after the other, when ``workers`` is 1.
+    tasks": the calling task leaves its slot while it waits), whatever ``workers`` says; large arguments common to
+    every call (the same object in each: training arrays) go to every worker once (a copy on each, so a worker that
+    dies loses none). A calling task that holds a worker resource (a GPU) runs the calls itself, on that device.
+    Outside Dask, ``workers`` loky processes run them, or this process does, one after the other, when ``workers``
+    is 1.
     """
     if len(calls) > 1 and _in_dask_task() and not _task_holds_resources():
         from distributed import worker_client
