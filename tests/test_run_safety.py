@@ -66,7 +66,8 @@ COMMAND_LINE = [
     ("generation.ddpm.sampling.guidance_scale=-1", r"Parameter generation.ddpm.sampling.guidance_scale must be at"),
     (
         "generation.generator=vae",
-        r"Parameter generation.generator must be one of \['ddpm', 'gan', 'per_group', 'stable_diffusion'\], got 'vae'$",
+        r"Parameter generation.generator must be one of "
+        r"\['ddpm', 'gan', 'per_group', 'progressive_gan', 'stable_diffusion'\], got 'vae'$",
     ),
     ("split.cross_split_duplicates=keep", r"Parameter split.cross_split_duplicates must be one of \['fail', 'drop_"),
     ("study.statistics.contrasts=[]", r"Parameter study.statistics.contrasts is empty"),

@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
+from generative_augmentation.core.config import ConfigError
 from generative_augmentation.core.generation import GenerationConfig
 from generative_augmentation.core.generators import GENERATORS, TrainingImages, generator_class, load_generator
 from generative_augmentation.core.generators.ddpm import DDPMSettings, condition_indices, min_snr_weights
@@ -291,29 +292,49 @@ def test_the_gan_fits_and_samples_each_working_size_and_colour_mode(size: int, m
     assert not generator.conditions_on_clusters(generator.settings)
 
 
-def test_each_gan_image_depends_only_on_its_own_seed(trained_gan) -> None:
-    plan = rows([0, 1, 0, 1, 1], [11, 12, 13, 14, 12], trained_gan)
-    batch = trained_gan.generate(plan, progress=False)  # sample_batch_size 3: two chunks
-    alone = trained_gan.generate(plan.iloc[[3]], progress=False)
+def check_each_image_depends_only_on_its_own_seed_and_class(generator) -> None:
+    """A fitted GAN kind (``sample_batch_size`` 3): one row's image alone equals it in a batch, a plan samples the same
+    twice, the same seed and class give the same image, another seed or class another."""
+    plan = rows([0, 1, 0, 1, 1], [11, 12, 13, 14, 12], generator)
+    batch = generator.generate(plan, progress=False)  # sample_batch_size 3: two chunks
+    alone = generator.generate(plan.iloc[[3]], progress=False)
     assert np.abs(alone[0].astype(int) - batch[3].astype(int)).max() <= 1
-    np.testing.assert_array_equal(trained_gan.generate(plan, progress=False), batch)
+    np.testing.assert_array_equal(generator.generate(plan, progress=False), batch)
     assert np.abs(batch[1].astype(int) - batch[4].astype(int)).max() <= 1  # same seed, same class: same image
     assert not np.array_equal(batch[0], batch[2])  # another seed: another image
-    swapped = trained_gan.generate(plan.iloc[[1]].assign(label=0), progress=False)
+    swapped = generator.generate(plan.iloc[[1]].assign(label=0), progress=False)
     assert not np.array_equal(swapped[0], batch[1])  # the same seed in another class: another image
+
+
+def check_round_trip(generator, folder: Path):
+    """Save a fitted GAN kind to ``folder`` and load it back: the same record and the same samples; returns it."""
+    generator.save(folder)
+    assert (folder / WEIGHTS_FILE).is_file()
+    loaded = load_generator(folder)
+    assert loaded.kind == generator.kind and loaded.settings == generator.settings and loaded.class_names == NAMES
+    assert loaded.training == generator.training  # losses, diversity log, collapses
+    assert loaded.fingerprint() == generator.fingerprint()
+    plan = rows([0, 1, 1], [7, 8, 9], generator)
+    np.testing.assert_array_equal(loaded.generate(plan, progress=False), generator.generate(plan, progress=False))
+    return loaded
+
+
+def check_bad_settings_named_in_full(kind: str, values: dict, message: str) -> None:
+    """Bad ``generation.<kind>`` values are refused naming the parameter, alone and in the generation block."""
+    with pytest.raises(ConfigError, match=message):
+        generator_class(kind).settings_class.parse(values)
+    with pytest.raises(ConfigError, match=message):
+        GenerationConfig.parse({"generator": kind, kind: values})
+
+
+def test_each_gan_image_depends_only_on_its_own_seed(trained_gan) -> None:
+    check_each_image_depends_only_on_its_own_seed_and_class(trained_gan)
     with pytest.raises(ValueError, match=r"label values must be in \[0, 2\)"):
         trained_gan.generate(rows([2], [1], trained_gan), progress=False)
 
 
 def test_the_gan_round_trips_through_its_folder(trained_gan, tmp_path: Path) -> None:
-    folder = trained_gan.save(tmp_path / "generator")
-    assert (folder / WEIGHTS_FILE).is_file()
-    loaded = load_generator(folder)
-    assert loaded.kind == "gan" and loaded.settings == trained_gan.settings and loaded.class_names == NAMES
-    assert loaded.training == trained_gan.training  # losses, diversity log, collapses
-    assert loaded.fingerprint() == trained_gan.fingerprint()
-    plan = rows([0, 1, 1], [7, 8, 9], trained_gan)
-    np.testing.assert_array_equal(loaded.generate(plan, progress=False), trained_gan.generate(plan, progress=False))
+    assert check_round_trip(trained_gan, tmp_path / "generator").kind == "gan"
 
 
 def test_an_interrupted_gan_run_resumes_to_the_uninterrupted_weights_and_log(
@@ -426,10 +447,7 @@ def test_gan_collapse_checks_stop_the_run_before_the_checkpoint_or_are_recorded_
     ],
 )
 def test_bad_gan_settings_are_named_in_full(values: dict, message: str) -> None:
-    with pytest.raises(ValueError, match=message):
-        GANSettings.parse(values)
-    with pytest.raises(ValueError, match=message):
-        GenerationConfig.parse({"generator": "gan", "gan": values})
+    check_bad_settings_named_in_full("gan", values, message)
 
 
 def test_the_generation_block_chooses_the_gan() -> None:

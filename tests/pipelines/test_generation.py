@@ -201,14 +201,27 @@ def test_stable_diffusion_lora_makes_the_pool_through_the_same_nodes(tmp_path: P
         assert synthetic["strength"].isna().all() and (synthetic["source_image_id"] == "").all()
 
 
-def test_the_gan_makes_the_pool_through_the_same_nodes_and_one_row_regenerates_its_image(
-    tmp_path: Path, data, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize(
+    ("kind", "steps", "total", "stages"),
+    [
+        ("gan", {"train_steps": 4}, 4, None),
+        ("progressive_gan", {"stable_steps": 2, "fade_steps": 1}, 5, [4, 8]),  # 2 steps at 4 px, 1 + 2 at 8 px
+    ],
+)
+def test_each_gan_kind_makes_the_pool_through_the_same_nodes_and_one_row_regenerates_its_image(
+    tmp_path: Path,
+    data,
+    caplog: pytest.LogCaptureFixture,
+    kind: str,
+    steps: dict[str, int],
+    total: int,
+    stages: list[int] | None,
 ) -> None:
     gan = {
+        **steps,
         "latent_size": 16,
         "generator_width": 8,
         "discriminator_width": 8,
-        "train_steps": 4,
         "batch_size": 8,
         "checkpoint_every": 2,
         # Any tiny model is "collapsed" against a threshold of 1000: warn lets the pool be made and says so.
@@ -220,13 +233,14 @@ def test_the_gan_makes_the_pool_through_the_same_nodes_and_one_row_regenerates_i
             "on_collapse": "warn",
         },
     }
-    catalog = run(tmp_path, data, {**GENERATION, "generator": "gan", "gan": gan})
+    catalog = run(tmp_path, data, {**GENERATION, "generator": kind, kind: gan})
     synthetic, images = catalog.load("synthetic_manifest"), catalog.load("synthetic_images")
     assert synthetic.groupby("intended_class").size().to_dict() == {"c1": 6, "c2": 4}
-    assert (synthetic["generator"] == "gan").all() and (synthetic["sampler"] == "gan").all()
+    assert (synthetic["generator"] == kind).all() and (synthetic["sampler"] == kind).all()
     assert set(images) == set(synthetic["image_key"]) and all(load().size == (SIZE, SIZE) for load in images.values())
     generator = catalog.load("generator")
-    assert generator.kind == "gan" and len(catalog.load("generator_training_log")) == 4
+    assert generator.kind == kind and len(catalog.load("generator_training_log")) == total
+    assert generator.training.get("stages") == stages  # the progressive GAN's sides, stage by stage
     assert {row["class_name"] for row in generator.training["diversity"]} == {"c0", "c1", "c2"}
     with caplog.at_level("WARNING"):
         _, _, metrics, summary = report_generation(
@@ -238,7 +252,7 @@ def test_the_gan_makes_the_pool_through_the_same_nodes_and_one_row_regenerates_i
             data[1],
             GENERATION,
         )
-    assert "gan: class c1 collapsed at step 2" in caplog.text and "may be near-copies" in caplog.text
+    assert f"{kind}: class c1 collapsed at step 2" in caplog.text and "may be near-copies" in caplog.text
     checks = [row for row in generator.training["diversity"] if row["class_name"] == "c1"]
     assert metrics["diversity_ratio.c1"] == [{"value": row["ratio"], "step": row["step"]} for row in checks]
     assert summary.set_index("class_name")["diversity_ratio"]["c1"] == checks[-1]["ratio"]

@@ -1,6 +1,12 @@
 """Generators behind one interface; importing this package registers every kind."""
 
-from generative_augmentation.core.generators import ddpm, gan, per_group, stable_diffusion  # noqa: F401 - registers
+from generative_augmentation.core.generators import (  # noqa: F401 - registers every kind
+    ddpm,
+    gan,
+    per_group,
+    progressive_gan,
+    stable_diffusion,
+)
 from generative_augmentation.core.generators.base import (
     GENERATORS,
     SAMPLING_COLUMNS,

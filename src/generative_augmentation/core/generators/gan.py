@@ -16,6 +16,9 @@ Hand-written: no maintained pip package offers a class-conditional small-data GA
   (mean pairwise distance) divided by that of the class's real train images; below ``collapse.threshold`` the run
   stops naming the class, or, with ``collapse.on_collapse: warn``, logs it and records it in the training record.
 
+The progressive-growing GAN (``progressive_gan.py``) is this GAN with growing networks: it overrides the hooks
+:meth:`GANGenerator._adversarial_step`, ``_real_batch``, ``_discriminate`` and ``_resolution``.
+
 Training uses the project's step loop and checkpoints: every random draw of step ``s`` comes from ``(seed, s)``, and
 both networks, both optimisers, the EMA weights and the training log are checkpointed, so a resumed run continues
 exactly as the uninterrupted one.
@@ -26,9 +29,10 @@ from __future__ import annotations
 import copy
 import logging
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import pandas as pd
@@ -94,14 +98,13 @@ class GANCollapse(Config):
 
 
 @dataclass(frozen=True)
-class GANSettings(Config):
-    """Architecture, training and sampling of the small-data GAN (size, channels and classes come from the data)."""
+class AdversarialSettings(Config):
+    """What the GAN kinds share: networks' sizes, optimisers, EMA, DiffAugment, checkpoints, collapse detection."""
 
-    where = "generation.gan"
+    steps_parameter: ClassVar[str]  # the field a collapse message suggests lowering
     latent_size: int = 128
     generator_width: int = 32  # channels of the last generator level; lower levels double it, up to 4x
     discriminator_width: int = 32  # channels of the first discriminator level; deeper levels double it, up to 4x
-    train_steps: int = 3000
     batch_size: int = 32
     generator_learning_rate: float = 0.0002
     discriminator_learning_rate: float = 0.0002
@@ -113,10 +116,8 @@ class GANSettings(Config):
     collapse: GANCollapse = field(default_factory=GANCollapse)
 
     def checks(self):
-        yield from self.at_least(
-            "latent_size", "generator_width", "discriminator_width", "train_steps", "batch_size", "checkpoint_every"
-        )
-        yield from self.at_least("sample_batch_size")
+        yield from self.at_least("latent_size", "generator_width", "discriminator_width", "batch_size")
+        yield from self.at_least("checkpoint_every", "sample_batch_size")
         yield from self.positive("generator_learning_rate", "discriminator_learning_rate")
         yield (
             "betas",
@@ -129,6 +130,19 @@ class GANSettings(Config):
             len(set(self.diffaugment)) == len(self.diffaugment),
             f"must not repeat an augmentation, got {list(self.diffaugment)}",
         )
+
+
+@dataclass(frozen=True)
+class GANSettings(AdversarialSettings):
+    """Architecture, training and sampling of the small-data GAN (size, channels and classes come from the data)."""
+
+    where = "generation.gan"
+    steps_parameter = "train_steps"
+    train_steps: int = 3000
+
+    def checks(self):
+        yield from self.at_least("train_steps")
+        yield from super().checks()
 
 
 # Settings that change neither the weights nor the random draws of a step: a resumed run may change them.
@@ -180,25 +194,35 @@ class GANGeneratorNet(nn.Module):
         self.to_image = nn.Conv2d(widths[-1], channels, 3, padding=1)
 
     def forward(self, latents: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        *_, x = self.features(latents, labels)
+        return torch.tanh(self.to_image(x))
+
+    def features(self, latents: torch.Tensor, labels: torch.Tensor) -> Iterator[torch.Tensor]:
+        """The feature maps at 4x4, 8x8, ..., ``side``, each computed when asked for."""
         inputs = torch.cat([pixel_norm(latents[:, :, None, None])[:, :, 0, 0], self.embedding(labels)], dim=1)
         x = self.stem(inputs).view(len(latents), self.first_width, 4, 4)
         x = F.leaky_relu(self.stem_modulation(pixel_norm(x), labels), LEAK)
+        yield x
         for conv, modulation in zip(self.convs, self.modulations, strict=True):
             x = conv(F.interpolate(x, scale_factor=2, mode="nearest"))
             x = F.leaky_relu(modulation(pixel_norm(x), labels), LEAK)
-        return torch.tanh(self.to_image(x))
+            yield x
 
 
 class ProjectionDiscriminator(nn.Module):
-    """Image at ``side`` px and class -> realness score; spectral norm on every layer."""
+    """Image at ``side`` px and class -> realness score; spectral norm on every layer.
 
-    def __init__(self, num_classes: int, channels: int, side: int, width: int):
+    ``layers``: the first reads the image, the next halve the side down to 4x4, the last is a 3x3 convolution at 4x4
+    (which reads ``extra_channels`` more channels: the progressive GAN's minibatch standard deviation).
+    """
+
+    def __init__(self, num_classes: int, channels: int, side: int, width: int, extra_channels: int = 0):
         super().__init__()
         widths = level_widths(side, width)[::-1]  # finest first
         layers: list[nn.Module] = [spectral_norm(nn.Conv2d(channels, widths[0], 3, padding=1))]
         for a, b in zip(widths, widths[1:], strict=False):
             layers += [spectral_norm(nn.Conv2d(a, b, 4, stride=2, padding=1))]
-        layers += [spectral_norm(nn.Conv2d(widths[-1], widths[-1], 3, padding=1))]
+        layers += [spectral_norm(nn.Conv2d(widths[-1] + extra_channels, widths[-1], 3, padding=1))]
         self.layers = nn.ModuleList(layers)
         self.linear = spectral_norm(nn.Linear(widths[-1], 1))
         self.embedding = spectral_norm(nn.Embedding(num_classes, widths[-1]))
@@ -207,8 +231,18 @@ class ProjectionDiscriminator(nn.Module):
         x = images
         for layer in self.layers:
             x = F.leaky_relu(layer(x), LEAK)
+        return self.project(x, labels)
+
+    def project(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The projection head on the 4x4 features: ``w . phi(x) + embed(y) . phi(x)``."""
         features = x.sum(dim=(2, 3))
         return self.linear(features).squeeze(1) + (self.embedding(labels) * features).sum(dim=1)
+
+
+def downsample(images: torch.Tensor, side: int) -> torch.Tensor:
+    """Images (N, C, H, H) average-pooled to ``side`` px (H a power-of-two multiple of ``side``; as they are at H)."""
+    factor = images.shape[-1] // side
+    return F.avg_pool2d(images, factor) if factor > 1 else images
 
 
 # --- DiffAugment -------------------------------------------------------------------------------------------------
@@ -282,7 +316,7 @@ def pairwise_diversity(images: torch.Tensor) -> float:
     return float(distances.sum() / (len(flat) * (len(flat) - 1)))
 
 
-def collapse_message(class_name: str, step: int, ratio: float, settings: GANSettings) -> str:
+def collapse_message(class_name: str, step: int, ratio: float, settings: AdversarialSettings) -> str:
     """What a collapse of ``class_name`` reads: the class, the step, the ratio, the threshold, what to change."""
     collapse = settings.collapse
     message = (
@@ -293,7 +327,7 @@ def collapse_message(class_name: str, step: int, ratio: float, settings: GANSett
     if collapse.on_collapse == "warn":
         return f"{message} ({collapse.parameter('on_collapse')} is warn: the samples are kept, the collapse recorded)"
     return (
-        f"{message}. Train fewer steps ({settings.parameter('train_steps')}), lower "
+        f"{message}. Train fewer steps ({settings.parameter(settings.steps_parameter)}), lower "
         f"{settings.parameter('generator_learning_rate')}, choose another generator (generation.generator), or set "
         f"{collapse.parameter('on_collapse')}: warn to keep the samples and have the collapse recorded"
     )
@@ -335,8 +369,10 @@ class GANGenerator(Generator):
     """The small-data class-conditional GAN behind the generator interface (CPU-friendly at 16-64 px)."""
 
     kind = "gan"
+    title = "GAN"  # in log lines and the progress bar
     settings_class = GANSettings
     settings: GANSettings
+    resumable_fields: ClassVar[tuple[str, ...]] = RESUMABLE_FIELDS
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -346,11 +382,15 @@ class GANGenerator(Generator):
     def side(self) -> int:
         return generation_side(self.image.size)
 
+    @property
+    def total_steps(self) -> int:
+        return self.settings.train_steps
+
     @classmethod
     def sampling_record(cls, settings: GANSettings, class_name: str) -> dict[str, Any]:
         return {
             "mode": "class_conditional",
-            "sampler": "gan",
+            "sampler": cls.kind,
             "steps": 1,
             "guidance_scale": float("nan"),
             "strength": float("nan"),
@@ -383,13 +423,15 @@ class GANGenerator(Generator):
         nets = self._networks(make_accelerator(self.device, mixed_precision=False))
         log = TrainingLog()
         extras = {"ema": nets.ema, "log": log}
-        checkpointer = Checkpointer(checkpoint_dir, nets.accelerator, settings, RESUMABLE_FIELDS, extras=extras)
+        checkpointer = Checkpointer(checkpoint_dir, nets.accelerator, settings, self.resumable_fields, extras=extras)
         start, losses = checkpointer.resume()
-        device = nets.accelerator.device
+        device, total = nets.accelerator.device, self.total_steps
         real = self._working_size(to_signed_tensor(data.images)).to(device)
         labels = torch.from_numpy(np.asarray(data.labels, dtype=np.int64)).to(device)
-        references = self._reference_diversity(real, labels)
-        logger.info("Training the GAN on %d images on %s from step %d", len(real), device, start)
+        references: dict[int, dict[int, float]] = {}  # per side the networks work at
+        logger.info(
+            "Training the %s on %d images on %s from step %d of %d", self.title, len(real), device, start, total
+        )
 
         def train_step(step: int) -> float:
             loss_d, loss_g = self._adversarial_step(nets, real, labels, step)
@@ -397,19 +439,20 @@ class GANGenerator(Generator):
             return loss_d
 
         def on_every(completed: int) -> None:
-            if settings.collapse.due(completed, settings.train_steps):
-                self._check_collapse(nets.ema, references, completed, log)  # before the checkpoint: it holds it
-            if checkpoint_dir is not None and (
-                completed % settings.checkpoint_every == 0 or completed == settings.train_steps
-            ):
+            if settings.collapse.due(completed, total):  # before the checkpoint: it holds the check
+                resolution = self._resolution(completed - 1)
+                if resolution not in references:
+                    references[resolution] = self._reference_diversity(real, labels, resolution)
+                self._check_collapse(nets.ema, references[resolution], completed, log)
+            if checkpoint_dir is not None and (completed % settings.checkpoint_every == 0 or completed == total):
                 checkpointer.save(completed, losses)
 
         steps_per_second = run_steps(
             train_step,
             start=start,
-            total=settings.train_steps,
+            total=total,
             losses=losses,
-            description="GAN training",
+            description=f"{self.title} training",
             every=1,
             on_every=on_every,
             progress=progress,
@@ -449,13 +492,14 @@ class GANGenerator(Generator):
         indices = batch_indices(self.seed, step, settings.batch_size, len(real))
         indices = torch.from_numpy(indices[accelerator.process_index :: accelerator.num_processes]).to(real.device)
         draws = step_generator(self.seed, step)
-        batch, batch_labels = real[indices], labels[indices]
-        # discriminator: hinge loss on augmented real and generated images, in one pass
+        batch, batch_labels = self._real_batch(real[indices], step), labels[indices]
+        # discriminator: hinge loss on augmented real and generated images
         latents = torch.randn((len(indices), settings.latent_size), generator=draws).to(real.device)
         with torch.no_grad():
             fake = nets.generator(latents, batch_labels)
-        both = torch.cat([diff_augment(batch, policy, draws), diff_augment(fake, policy, draws)])
-        real_scores, fake_scores = nets.discriminator(both, torch.cat([batch_labels, batch_labels])).chunk(2)
+        real_scores, fake_scores = self._discriminate(
+            nets.discriminator, diff_augment(batch, policy, draws), diff_augment(fake, policy, draws), batch_labels
+        )
         loss_d = F.relu(1 - real_scores).mean() + F.relu(1 + fake_scores).mean()
         nets.optimizer_d.zero_grad(set_to_none=True)
         accelerator.backward(loss_d)
@@ -471,6 +515,21 @@ class GANGenerator(Generator):
         self._update_ema(nets.ema, accelerator.unwrap_model(nets.generator), step)
         return float(loss_d.detach()), float(loss_g.detach())
 
+    def _real_batch(self, batch: torch.Tensor, step: int) -> torch.Tensor:
+        """The real images step ``step`` shows the discriminator (the progressive GAN shrinks them)."""
+        return batch
+
+    def _discriminate(
+        self, discriminator: nn.Module, real: torch.Tensor, fake: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The scores of real and generated images of ``labels``, in one pass."""
+        real_scores, fake_scores = discriminator(torch.cat([real, fake]), torch.cat([labels, labels])).chunk(2)
+        return real_scores, fake_scores
+
+    def _resolution(self, step: int) -> int:
+        """The side the networks work at in step ``step`` (the progressive GAN grows it)."""
+        return self.side
+
     def _working_size(self, images: torch.Tensor) -> torch.Tensor:
         """Images at the networks' side (a power of two), resized with bilinear interpolation when needed."""
         if images.shape[-1] == self.side:
@@ -484,8 +543,9 @@ class GANGenerator(Generator):
             for averaged, current in zip(ema.parameters(), generator.parameters(), strict=True):
                 averaged.lerp_(current, 1 - decay)
 
-    def _reference_diversity(self, real: torch.Tensor, labels: torch.Tensor) -> dict[int, float]:
-        """The diversity of (up to ``real_per_class``) real train images of each class with at least two."""
+    def _reference_diversity(self, real: torch.Tensor, labels: torch.Tensor, resolution: int) -> dict[int, float]:
+        """The diversity of (up to ``real_per_class``) real train images of each class with at least two, at
+        ``resolution`` px."""
         references = {}
         for label, name in enumerate(self.class_names):
             members = torch.nonzero(labels == label).flatten().cpu().numpy()
@@ -493,7 +553,8 @@ class GANGenerator(Generator):
                 logger.warning("Class %r has fewer than 2 train images: its collapse is not checked", name)
                 continue
             order = np.random.default_rng(derive_seed(self.seed, "gan-reference", name)).permutation(members)
-            references[label] = pairwise_diversity(real[order[: self.settings.collapse.real_per_class]])
+            chosen = real[order[: self.settings.collapse.real_per_class]]
+            references[label] = pairwise_diversity(downsample(chosen, resolution))
         return references
 
     def class_diversity(self, model: nn.Module, label: int) -> float:
@@ -525,7 +586,7 @@ class GANGenerator(Generator):
     # --- sampling, saving ------------------------------------------------------------------------------------
     def _sample(self, rows: pd.DataFrame, sources: np.ndarray | None, progress: bool) -> np.ndarray:
         if self.model is None:
-            raise ValueError("The GAN generator has not been fitted or loaded")
+            raise ValueError(f"The {self.title} generator has not been fitted or loaded")
         labels = rows["label"].to_numpy(dtype=np.int64, copy=True)
         outside = labels[(labels < 0) | (labels >= len(self.class_names))]
         if outside.size:
@@ -549,7 +610,7 @@ class GANGenerator(Generator):
 
     def _save_model(self, folder: Path) -> None:
         if self.model is None:
-            raise ValueError("The GAN generator has not been fitted: nothing to save")
+            raise ValueError(f"The {self.title} generator has not been fitted: nothing to save")
         save_file(cpu_tensors(self.model.state_dict()), str(folder / WEIGHTS_FILE))
 
     def _load_model(self, folder: Path) -> None:
