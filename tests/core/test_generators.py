@@ -483,32 +483,48 @@ def sd(folder: Path, **changes: object):
 
 
 def unet_prediction(generator) -> torch.Tensor:
-    """The UNet's output on fixed inputs: a precise fingerprint of its (LoRA-adapted) weights."""
-    pipeline = generator._ready_pipeline()
+    """The UNet's output on fixed inputs (with an XL UNet's pooled text and size ids): a precise fingerprint of its
+    (LoRA-adapted) weights."""
+    unet = generator._ready_pipeline().unet
     inputs = torch.Generator().manual_seed(0)
     latents = torch.randn(1, 4, 16, 16, generator=inputs)
-    text = torch.randn(1, 77, pipeline.text_encoder.config.hidden_size, generator=inputs)
+    text = torch.randn(1, 77, unet.config.cross_attention_dim, generator=inputs)
+    extra = {}
+    if unet.config.addition_embed_type == "text_time":
+        pooled = unet.add_embedding.linear_1.in_features - 6 * unet.config.addition_time_embed_dim
+        extra["added_cond_kwargs"] = {
+            "text_embeds": torch.randn(1, pooled, generator=inputs),
+            "time_ids": torch.tensor([[32.0, 32, 0, 0, 32, 32]]),
+        }
     with torch.no_grad():
-        return pipeline.unet(latents, 500, text).sample
+        return unet(latents, 500, text, **extra).sample
 
 
-@pytest.mark.parametrize("mode", ["text_to_image", "image_to_image"])
-def test_lora_generator_fits_samples_per_seed_and_round_trips(sd_folder: Path, tmp_path: Path, mode: str) -> None:
-    generator = sd(sd_folder, mode=mode, strength=0.6)
+def fit_sample_and_round_trip(generator, mode: str, folder: Path):
+    """Fit the LoRA generator; check that only the adapter trains, that a row alone gives its image of a batch and
+    that the saved adapter reloads to the same UNet; returns the loaded generator."""
     losses = generator.fit(two_tone(), progress=False)
     assert len(losses) == 4 and np.isfinite(losses).all()
     trainable = [name for name, parameter in generator.pipeline.unet.named_parameters() if parameter.requires_grad]
     assert trainable and all(".lora_" in name for name in trainable)
     record = generator.sampling_record(generator.settings, "white")
-    assert record["prompt"] == "retina fundus" and record["mode"] == mode
+    assert record["mode"] == mode
     plan = pd.DataFrame({"label": [1, 0, 1], "seed": [1, 2, 3], "cluster_index": 0}).assign(**record)
     sources = two_tone().images[[9, 0, 10]] if mode == "image_to_image" else None
     batch = generator.generate(plan, sources, progress=False)
     assert batch.shape == (3, SIZE, SIZE, 3) and batch.dtype == np.uint8
     alone = generator.generate(plan.iloc[[2]], None if sources is None else sources[[2]], progress=False)
     assert np.abs(alone[0].astype(int) - batch[2].astype(int)).max() <= 1
-    loaded = load_generator(generator.save(tmp_path / "lora"))
+    loaded = load_generator(generator.save(folder))
     torch.testing.assert_close(unet_prediction(loaded), unet_prediction(generator), rtol=1e-5, atol=1e-6)
+    return loaded
+
+
+@pytest.mark.parametrize("mode", ["text_to_image", "image_to_image"])
+def test_lora_generator_fits_samples_per_seed_and_round_trips(sd_folder: Path, tmp_path: Path, mode: str) -> None:
+    generator = sd(sd_folder, mode=mode, strength=0.6)
+    assert generator.sampling_record(generator.settings, "white")["prompt"] == "retina fundus"
+    loaded = fit_sample_and_round_trip(generator, mode, tmp_path / "lora")
     scalings = {module.scaling["default"] for module in loaded.pipeline.unet.modules() if hasattr(module, "scaling")}
     assert scalings == {2.0}  # alpha 8 / rank 4: the adapter is attached as it was trained
 

@@ -5,17 +5,24 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 from diffusers import StableDiffusionXLPipeline
 
 from generative_augmentation.core.config import ConfigError
-from generative_augmentation.core.generators import generator_class, load_generator
+from generative_augmentation.core.generators import generator_class
 from generative_augmentation.core.generators.stable_diffusion import StableDiffusionSettings, load_stable_diffusion
 from generative_augmentation.core.runtime import derive_seed, torch_generator
 from tests.conftest import study_data
-from tests.core.test_generators import IMAGE, NAMES, SIZE, crash_after, two_tone
+from tests.core.test_generators import (
+    IMAGE,
+    NAMES,
+    SIZE,
+    crash_after,
+    fit_sample_and_round_trip,
+    two_tone,
+    unet_prediction,
+)
 from tests.core.tiny_sd import build_tiny_stable_diffusion, build_tiny_stable_diffusion_xl
 from tests.pipelines.test_generation import GENERATION, STUDY, run
 
@@ -39,39 +46,12 @@ def lora_generator(folder: Path, **changes: object):
     return generator_class("stable_diffusion")(settings, IMAGE, NAMES, 0, 5, "cpu")
 
 
-def plan_for(generator, labels: list[int], seeds: list[int]) -> pd.DataFrame:
-    record = generator.sampling_record(generator.settings, NAMES[1])
-    return pd.DataFrame({"label": labels, "seed": seeds, "cluster_index": 0}).assign(**record)
-
-
-def xl_unet_prediction(generator) -> torch.Tensor:
-    """The XL UNet's output on fixed inputs (states, pooled embeddings, size ids): a fingerprint of its weights."""
-    pipeline = generator._ready_pipeline()
-    inputs = torch.Generator().manual_seed(0)
-    latents = torch.randn(1, 4, 16, 16, generator=inputs)
-    states = torch.randn(1, 77, pipeline.unet.config.cross_attention_dim, generator=inputs)
-    added = {"text_embeds": torch.randn(1, 32, generator=inputs), "time_ids": torch.tensor([[32.0, 32, 0, 0, 32, 32]])}
-    with torch.no_grad():
-        return pipeline.unet(latents, 500, states, added_cond_kwargs=added).sample
-
-
 @pytest.mark.parametrize("mode", ["text_to_image", "image_to_image"])
 def test_an_xl_model_trains_lora_samples_per_seed_and_round_trips(xl_folder: Path, tmp_path: Path, mode: str) -> None:
     generator = lora_generator(xl_folder, mode=mode, strength=0.6)
-    losses = generator.fit(two_tone(), progress=False)
-    assert len(losses) == 4 and np.isfinite(losses).all()
+    fit_sample_and_round_trip(generator, mode, tmp_path / "lora")
     assert isinstance(generator.pipeline, StableDiffusionXLPipeline)
     assert generator.training["pipeline"] == "StableDiffusionXLPipeline"
-    trainable = [name for name, parameter in generator.pipeline.unet.named_parameters() if parameter.requires_grad]
-    assert trainable and all(".lora_" in name for name in trainable)
-    plan = plan_for(generator, [1, 0, 1], [1, 2, 3])
-    sources = two_tone().images[[9, 0, 10]] if mode == "image_to_image" else None
-    batch = generator.generate(plan, sources, progress=False)
-    assert batch.shape == (3, SIZE, SIZE, 3) and batch.dtype == np.uint8
-    alone = generator.generate(plan.iloc[[2]], None if sources is None else sources[[2]], progress=False)
-    assert np.abs(alone[0].astype(int) - batch[2].astype(int)).max() <= 1
-    loaded = load_generator(generator.save(tmp_path / "lora"))
-    torch.testing.assert_close(xl_unet_prediction(loaded), xl_unet_prediction(generator), rtol=1e-5, atol=1e-6)
     # The adapter file is diffusers' own SDXL LoRA format: the library's loader attaches it to a fresh pipeline.
     fresh = StableDiffusionXLPipeline.from_pretrained(str(xl_folder))
     fresh.load_lora_weights(str(tmp_path / "lora"))
@@ -84,7 +64,7 @@ def test_xl_lora_training_changes_the_unet_on_xl_inputs(xl_folder: Path) -> None
     generator.fit(two_tone(), progress=False)
     untrained = lora_generator(xl_folder, lora={**LORA, "train_steps": 1, "learning_rate": 1e-12})
     untrained.fit(two_tone(), progress=False)
-    assert not torch.allclose(xl_unet_prediction(generator), xl_unet_prediction(untrained), atol=1e-4)
+    assert not torch.allclose(unet_prediction(generator), unet_prediction(untrained), atol=1e-4)
 
 
 def test_an_xl_folder_without_its_second_text_encoder_is_named(xl_folder: Path, tmp_path: Path) -> None:
