@@ -392,7 +392,7 @@ def test_a_collapsed_gan_stops_the_run_naming_the_class_step_ratio_and_parameter
     with pytest.raises(ModeCollapseError) as raised:
         generator._check_collapse(IgnoresItsLatent(), references, 250, TrainingLog())
     message = str(raised.value)
-    assert "collapsed on class 'black' at step 250" in message and "0.000 times as diverse" in message
+    assert "The GAN collapsed on class 'black' at step 250" in message and "0.000 times as diverse" in message
     assert (
         "generation.gan.collapse.threshold = 0.2" in message and "generation.gan.collapse.on_collapse: warn" in message
     )

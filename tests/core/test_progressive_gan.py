@@ -275,7 +275,7 @@ def test_a_collapse_stops_the_run_before_its_checkpoint_naming_the_class_and_the
     with pytest.raises(ModeCollapseError) as raised:
         pgan(settings(collapse=strict)).fit(noisy_two_tone(), checkpoint_dir=tmp_path, progress=False)
     message = str(raised.value)
-    assert "collapsed on class 'black' at step 4" in message
+    assert "The progressive GAN collapsed on class 'black' at step 4" in message
     assert "generation.progressive_gan.collapse.threshold = 1000" in message
     assert "generation.progressive_gan.stable_steps" in message and "collapse.on_collapse: warn" in message
     assert latest_checkpoint(tmp_path).name == "step-00000002"  # the collapsed step is not checkpointed

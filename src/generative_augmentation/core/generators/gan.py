@@ -316,11 +316,13 @@ def pairwise_diversity(images: torch.Tensor) -> float:
     return float(distances.sum() / (len(flat) * (len(flat) - 1)))
 
 
-def collapse_message(class_name: str, step: int, ratio: float, settings: AdversarialSettings) -> str:
+def collapse_message(
+    class_name: str, step: int, ratio: float, settings: AdversarialSettings, title: str = "GAN"
+) -> str:
     """What a collapse of ``class_name`` reads: the class, the step, the ratio, the threshold, what to change."""
     collapse = settings.collapse
     message = (
-        f"The GAN collapsed on class {class_name!r} at step {step}: its samples are {ratio:.3f} times as diverse "
+        f"The {title} collapsed on class {class_name!r} at step {step}: its samples are {ratio:.3f} times as diverse "
         f"as its real train images, below {collapse.parameter('threshold')} = {collapse.threshold:g}, so its pool "
         f"would be near-copies of a few images"
     )
@@ -577,7 +579,7 @@ class GANGenerator(Generator):
             )
             if ratio >= collapse.threshold:
                 continue
-            message = collapse_message(name, step, ratio, self.settings)
+            message = collapse_message(name, step, ratio, self.settings, self.title)
             if collapse.on_collapse == "fail":
                 raise ModeCollapseError(message)
             logger.warning(message)
