@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
-from PIL import Image
+from kedro_datasets.partitions import PartitionedDataset
 from study_tables import latest, markdown, primary_table
 
 from generative_augmentation.core.generation import generate_pool
@@ -36,12 +36,11 @@ def newest_generator(folder: Path):
 
 
 def real_image_loaders(folder: Path) -> dict[str, object]:
-    """The real images of a data folder as ``{image_key: loader}`` (the form the catalog's partitions take)."""
-    root = folder / "03_primary" / "images"
-    return {
-        path.relative_to(root).with_suffix("").as_posix(): (lambda p=path: Image.open(p))
-        for path in root.rglob("*.png")
-    }
+    """The real images of a data folder as the catalog loads them: ``{image_key: loader}`` partitions."""
+    images = PartitionedDataset(
+        path=str(folder / "03_primary" / "images"), dataset="pillow.ImageDataset", filename_suffix=".png"
+    )
+    return images.load()
 
 
 def sampling_rate(folder: Path, generator, rows: int) -> float:

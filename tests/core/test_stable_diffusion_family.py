@@ -23,7 +23,7 @@ from tests.core.test_generators import (
     two_tone,
     unet_prediction,
 )
-from tests.core.tiny_sd import build_tiny_stable_diffusion, build_tiny_stable_diffusion_xl
+from tests.core.tiny_sd import build_tiny_stable_diffusion
 from tests.pipelines.test_generation import GENERATION, STUDY, run
 
 LORA = {"rank": 4, "alpha": 8, "train_steps": 4, "batch_size": 2, "learning_rate": 0.01, "checkpoint_every": 2}
@@ -32,7 +32,7 @@ PRIOR = {"enabled": True, "class_prompt": "a fundus photo", "class_images": 3, "
 
 @pytest.fixture(scope="module")
 def xl_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_stable_diffusion_xl(tmp_path_factory.mktemp("tiny_sdxl"))
+    return build_tiny_stable_diffusion(tmp_path_factory.mktemp("tiny_sdxl"), xl=True)
 
 
 @pytest.fixture(scope="module")

@@ -21,46 +21,36 @@ MERGES = ("f u", "fu n", "fun d", "fund u", "fundu s</w>", "r e", "t i", "n a</w
 SPECIAL_TOKENS = ("<|startoftext|>", "<|endoftext|>")
 
 
-def build_tiny_stable_diffusion(folder: str | Path, seed: int = 0) -> Path:
-    """Save a tiny random Stable Diffusion pipeline (32 px images, 16 px latents) into ``folder``."""
+def build_tiny_stable_diffusion(folder: str | Path, seed: int = 0, xl: bool = False) -> Path:
+    """Save a tiny random Stable Diffusion pipeline (32 px images, 16 px latents) into ``folder``; with ``xl``, a
+    Stable Diffusion XL one (two text encoders, pooled text and size ids)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     tokenizer = _tiny_tokenizer(folder / "tokenizer")
-    pipeline = StableDiffusionPipeline(
-        vae=_tiny_vae(),
-        text_encoder=_tiny_text_encoder(tokenizer),
-        tokenizer=tokenizer,
-        unet=_tiny_unet(),
-        scheduler=_scheduler(),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipeline.save_pretrained(folder)
-    return folder
-
-
-def build_tiny_stable_diffusion_xl(folder: str | Path, seed: int = 0) -> Path:
-    """Save a tiny random Stable Diffusion XL pipeline (two text encoders, size ids; 32 px images) into ``folder``."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(seed)
-    tokenizer = _tiny_tokenizer(folder / "tokenizer")
-    pipeline = StableDiffusionXLPipeline(
-        vae=_tiny_vae(),
-        text_encoder=_tiny_text_encoder(tokenizer),
-        text_encoder_2=_tiny_text_encoder(tokenizer, CLIPTextModelWithProjection),
-        tokenizer=tokenizer,
-        tokenizer_2=tokenizer,
-        unet=_tiny_unet(
-            addition_embed_type="text_time",
-            addition_time_embed_dim=TIME_EMBED_SIZE,
-            projection_class_embeddings_input_dim=6 * TIME_EMBED_SIZE + TEXT_HIDDEN_SIZE,
-            cross_attention_dim=2 * TEXT_HIDDEN_SIZE,  # both encoders' states, concatenated
-        ),
-        scheduler=_scheduler(),
-    )
+    parts = {"vae": _tiny_vae(), "text_encoder": _tiny_text_encoder(tokenizer), "tokenizer": tokenizer}
+    if xl:
+        pipeline = StableDiffusionXLPipeline(
+            **parts,
+            text_encoder_2=_tiny_text_encoder(tokenizer, CLIPTextModelWithProjection),
+            tokenizer_2=tokenizer,
+            unet=_tiny_unet(
+                addition_embed_type="text_time",
+                addition_time_embed_dim=TIME_EMBED_SIZE,
+                projection_class_embeddings_input_dim=6 * TIME_EMBED_SIZE + TEXT_HIDDEN_SIZE,
+                cross_attention_dim=2 * TEXT_HIDDEN_SIZE,  # both encoders' states, concatenated
+            ),
+            scheduler=_scheduler(),
+        )
+    else:
+        pipeline = StableDiffusionPipeline(
+            **parts,
+            unet=_tiny_unet(),
+            scheduler=_scheduler(),
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
     pipeline.save_pretrained(folder)
     return folder
 

@@ -340,10 +340,10 @@ class StableDiffusionLoraGenerator(Generator):
         if prior_settings.enabled and not len(prior.images):
             prior.images = self._class_images(pipeline, resolution)
         prompts = settings.class_prompts(self.class_names)
-        conditioning = _encode_prompts(
-            pipeline, [prompts[name] for name in self.class_names] + [prior_settings.class_prompt], resolution
-        )
-        prior_label = len(self.class_names)  # the class prompt's row in ``conditioning``
+        texts = [prompts[name] for name in self.class_names]
+        texts += [prior_settings.class_prompt] if prior_settings.enabled else []
+        conditioning = _encode_prompts(pipeline, texts, resolution)
+        prior_label = len(self.class_names)  # the class prompt's row in ``conditioning`` (prior preservation)
         images = torch.from_numpy(np.ascontiguousarray(data.images))
         labels = torch.from_numpy(np.asarray(data.labels, dtype=np.int64))
         noise_scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
