@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 NOTEBOOK_STAMP := $(VENV)/.installed-notebook
 
-.PHONY: install run test lint viz mlflow notebook benchmark clean-outputs
+.PHONY: install run test test-quick lint viz mlflow notebook benchmark clean-outputs
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,11 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n auto --dist worksteal $(ARGS)
+
+# The edit-and-check loop: every test but the `slow` ones (those that start processes or run whole tiny studies).
+# `make test` (and CI) runs them all.
+test-quick: $(STAMP)
+	$(BIN)/python -m pytest -n auto --dist worksteal -m "not slow" $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests scripts

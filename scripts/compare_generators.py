@@ -107,11 +107,11 @@ def parse_runs(values: list[str]) -> dict[str, Path]:
     return runs
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", help="LABEL=DATA_DIR, one finished run per generator")
     parser.add_argument("--sample", type=int, default=64, help="pool rows sampled again to time each generator")
-    arguments = parser.parse_args()
+    arguments = parser.parse_args(argv)
     runs = parse_runs(arguments.runs)
     rows = [summary_row(label, folder, arguments.sample) for label, folder in runs.items()]
     print(markdown(pd.DataFrame(rows)))

@@ -5,7 +5,6 @@ names the node and the worker; bad runner settings are named."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import signal
 import threading
@@ -22,7 +21,7 @@ from kedro.pipeline import Pipeline, node
 from kedro.runner import SequentialRunner
 
 from generative_augmentation.dask_runner import DaskRunner, WorkerNodeError
-from tests.conftest import study_data
+from tests.conftest import load_script, study_data
 from tests.pipelines import test_generation
 from tests.pipelines.test_evaluation import CLASSIFIER, TABLES, evaluation_run, tiny_pool, tiny_study
 from tests.test_project_run import PROJECT
@@ -63,12 +62,14 @@ def assert_same(first: dict[str, pd.DataFrame], second: dict[str, pd.DataFrame])
         pd.testing.assert_frame_equal(table, second[name], obj=name)
 
 
+@pytest.mark.slow
 def test_the_evaluation_on_two_workers_gives_the_sequential_results(cluster, sequential, study, tmp_path) -> None:
     on_dask = tables(DaskRunner(address=cluster.scheduler_address), study, tmp_path)
     assert_same(sequential, on_dask)
     assert len(on_dask["scenario_estimates"]) > 0
 
 
+@pytest.mark.slow
 def test_a_worker_killed_during_training_is_survived_with_the_same_results(
     cluster, sequential, study, tmp_path
 ) -> None:
@@ -96,6 +97,7 @@ def test_a_worker_killed_during_training_is_survived_with_the_same_results(
     assert_same(sequential, results)
 
 
+@pytest.mark.slow
 def test_the_pool_is_sampled_in_chunks_over_the_workers_and_equals_the_sequential_one(cluster, tmp_path) -> None:
     data = study_data({"train": [12, 6, 4], "val": [2, 2, 2], "test": [3, 3, 3]}, size=test_generation.SIZE)
     generation = {**test_generation.GENERATION, "sample_chunk": 3}  # several chunks, so several tasks
@@ -118,6 +120,7 @@ def failing(value: int) -> int:
     raise ValueError(f"cannot use {value}")
 
 
+@pytest.mark.slow
 def test_an_error_names_the_node_and_the_worker(cluster) -> None:
     pipeline = Pipeline([node(failing, "value", "result", name="divide_by_zero")])
     catalog = DataCatalog({"value": MemoryDataset(3)})
@@ -125,6 +128,7 @@ def test_an_error_names_the_node_and_the_worker(cluster) -> None:
         DaskRunner(address=cluster.scheduler_address).run(pipeline, catalog)
 
 
+@pytest.mark.slow
 def test_a_node_that_kills_every_worker_it_runs_on_is_named() -> None:
     pipeline = Pipeline([node(end_the_worker, "value", "result", name="crash_the_worker")])
     catalog = DataCatalog({"value": MemoryDataset(3)})
@@ -142,6 +146,7 @@ def free_gpus(value: int) -> float:
     return get_worker().state.available_resources["GPU"]
 
 
+@pytest.mark.slow
 def test_a_gpu_node_holds_a_gpu_of_a_worker_that_has_one() -> None:
     pipeline = Pipeline(
         [
@@ -157,6 +162,7 @@ def test_a_gpu_node_holds_a_gpu_of_a_worker_that_has_one() -> None:
     assert catalog.load("on_gpu") == 0 and catalog.load("elsewhere") == 1
 
 
+@pytest.mark.slow
 def test_without_an_address_it_starts_and_closes_a_local_cluster() -> None:
     pipeline = Pipeline([node(abs, "value", "result", name="absolute")])
     catalog = DataCatalog({"value": MemoryDataset(-3), "result": MemoryDataset()})
@@ -168,13 +174,6 @@ def test_without_an_address_it_starts_and_closes_a_local_cluster() -> None:
 def test_a_bad_worker_count_is_named() -> None:
     with pytest.raises(ValueError, match="--runner-params workers must be at least 1, got 0"):
         DaskRunner(workers=0)
-
-
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name, PROJECT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_the_slurm_job_script_enters_the_project_and_gives_the_worker_its_gpus(capsys) -> None:

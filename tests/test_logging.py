@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tests.test_project_run import PROJECT, migrated_mlflow_store
@@ -33,6 +34,7 @@ def test_the_console_stays_rich_and_a_plain_rotating_file_log_is_added() -> None
     assert "generative_augmentation" in config["loggers"]  # else Kedro re-applies the file in every project folder
 
 
+@pytest.mark.slow
 def test_a_kedro_command_prints_none_of_the_silenced_warnings_and_logs_to_the_file(tmp_path: Path) -> None:
     shutil.copytree(PROJECT / "conf", tmp_path / "conf", ignore=shutil.ignore_patterns("local"))
     shutil.copy(PROJECT / "pyproject.toml", tmp_path / "pyproject.toml")

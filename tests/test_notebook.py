@@ -47,6 +47,7 @@ def before_and_after(notebook, empty: Path, study: Future) -> tuple[str, str]:
         return before, run_all(client, notebook.cells)
 
 
+@pytest.mark.slow
 def test_the_notebook_says_what_to_run_then_shows_the_study(
     request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

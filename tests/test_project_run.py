@@ -90,6 +90,7 @@ EVALUATION_OUTPUTS = (
 )
 
 
+@pytest.mark.slow
 def test_the_whole_default_study_runs_and_the_same_seed_gives_the_same_outputs(
     finished_study: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -128,6 +129,7 @@ def test_the_whole_default_study_runs_and_the_same_seed_gives_the_same_outputs(
     assert {"test_f1", "test_balanced_accuracy", "time_total_s", "peak_rss_mib", "generation.pool_size"} <= logged
 
 
+@pytest.mark.slow
 def test_only_missing_outputs_reruns_evaluation_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     project = make_project(tmp_path)
     monkeypatch.chdir(project)

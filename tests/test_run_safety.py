@@ -106,6 +106,7 @@ def statuses(project: Path) -> list[tuple[str, str, str | None]]:
     return [(run_id, status, tags.get(run_id)) for run_id, status, _ in rows]
 
 
+@pytest.mark.slow
 def test_a_terminated_run_is_marked_killed_and_the_resumed_run_links_to_it(project: Path) -> None:
     slow = {**QUICK, "classifier": {**QUICK["classifier"], "steps": 100000, "eval_every": 100000}}
     script = (

@@ -40,6 +40,7 @@ def launch(project: Path, train_steps: int) -> str:
     return output
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not installed beside this Python")
 def test_two_processes_train_one_generator_and_a_second_launch_resumes(tmp_path, monkeypatch) -> None:
     project = make_project(tmp_path / "project")

@@ -15,8 +15,8 @@ from generative_augmentation.core.generators.per_group import PerGroupSettings
 from tests.core.test_generators import IMAGE, NAMES, SIZE, ddpm_settings, two_tone
 
 
-def per_group(by: str = "class_cluster", clusters: int = 2, seed: int = 3):
-    settings = PerGroupSettings(base="ddpm", by=by, base_settings=ddpm_settings(train_steps=40).to_dict())
+def per_group(by: str = "class_cluster", clusters: int = 2, seed: int = 3, train_steps: int = 40):
+    settings = PerGroupSettings(base="ddpm", by=by, base_settings=ddpm_settings(train_steps=train_steps).to_dict())
     return generator_class("per_group")(settings, IMAGE, NAMES, clusters if by == "class_cluster" else 0, seed, "cpu")
 
 
@@ -63,7 +63,7 @@ def test_it_saves_and_loads_with_every_group(fitted, tmp_path) -> None:
 
 
 def test_by_class_ignores_the_clusters() -> None:
-    generator = per_group(by="class")
+    generator = per_group(by="class", train_steps=2)  # which groups get a model, not what they learn
     data = two_tone()
     generator.fit(TrainingImages(data.images, data.labels, data.clusters, NAMES, num_clusters=0), progress=False)
     assert sorted(generator.models) == [(0, 0), (1, 0)]

@@ -183,6 +183,7 @@ print(hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in model.parame
 """
 
 
+@pytest.mark.slow
 def test_the_openmp_wait_policy_changes_no_arithmetic() -> None:
     digests = {}
     for policy in ("ACTIVE", "PASSIVE"):
