@@ -186,6 +186,41 @@ def test_row_weights_scale_each_image_loss_on_top_of_class_weights() -> None:
     assert torch.allclose(weighted_cross_entropy(logits, labels, class_weights, rows), expected)
 
 
+def test_soft_targets_replace_the_one_hot_labels_and_keep_the_class_and_row_weights() -> None:
+    logits = torch.tensor([[2.0, 0.0], [0.0, 2.0], [1.0, 1.0]])
+    labels = torch.tensor([0, 0, 1])
+    class_weights, rows = torch.tensor([1.0, 3.0]), torch.tensor([1.0, 0.5, 1.0])
+    one_hot = torch.nn.functional.one_hot(labels, 2).float()
+    assert torch.allclose(  # one-hot targets are the hard labels
+        weighted_cross_entropy(logits, labels, class_weights, rows, one_hot),
+        weighted_cross_entropy(logits, labels, class_weights, rows),
+    )
+    soft = torch.tensor([[0.5, 0.5], [1.0, 0.0], [0.0, 1.0]])
+    log_p = torch.log_softmax(logits, dim=1)
+    per_image = -(soft * log_p).sum(dim=1)  # cross-entropy against the soft rows: log 2 + ... on the first
+    weights = rows * class_weights[labels]
+    expected = (per_image * weights).sum() / weights.sum()
+    assert torch.allclose(weighted_cross_entropy(logits, labels, class_weights, rows, soft), expected)
+    assert torch.allclose(weighted_cross_entropy(logits, labels, None, None, soft), per_image.mean())
+
+
+def test_soft_targets_train_and_bad_ones_are_named() -> None:
+    train, val = easy_data(8), easy_data(3, seed=1)
+    config = ClassifierConfig(steps=6, eval_every=3, batch_size=24, patience=100)
+    hard = train_classifier(train, val, config, 3, seed=0, progress=False)[1]
+    one_hot = np.eye(3, dtype=np.float32)[train[1]]
+    same = train_classifier(train, val, config, 3, seed=0, progress=False, targets=one_hot)[1]
+    assert np.allclose(hard.losses, same.losses, rtol=1e-5)
+    uniform = np.full((24, 3), 1 / 3, dtype=np.float32)
+    taught = train_classifier(train, val, config, 3, seed=0, progress=False, targets=uniform)[1]
+    assert min(taught.losses) >= np.log(3) - 1e-4  # uniform targets: no prediction brings the loss below log 3
+    assert min(hard.losses) < np.log(3)
+    with pytest.raises(ValueError, match=r"Soft targets of shape \(24, 2\) for 24 training images and 3 classes"):
+        train_classifier(train, val, config, 3, seed=0, progress=False, targets=np.full((24, 2), 0.5))
+    with pytest.raises(ValueError, match="every row must sum to 1"):
+        train_classifier(train, val, config, 3, seed=0, progress=False, targets=np.ones((24, 3)))
+
+
 def test_row_weights_of_one_change_nothing_and_other_weights_change_training() -> None:
     train, val = easy_data(8), easy_data(3, seed=1)
     config = ClassifierConfig(steps=6, eval_every=3, batch_size=24, patience=100)

@@ -218,6 +218,12 @@ def test_missing_inputs_and_a_small_pool_are_named(manifest, labeled_synthetic) 
             ["bad"],
             r"synthetic_loss_weight applies to arms",
         ),
+        ({"bad": {"kind": "real", "teacher_weight": 0.5}}, ["bad"], r"scenarios.bad.teacher_weight applies to arms"),
+        (
+            {"bad": {"kind": "synthetic", "ratio": 1, "teacher_weight": 1.5}},
+            ["bad"],
+            r"scenarios.bad.teacher_weight must be in \[0, 1\], got 1.5",
+        ),
     ],
 )
 def test_bad_study_parameters_are_refused(scenarios: dict, arms: list, message: str) -> None:
@@ -252,11 +258,13 @@ def test_a_recipe_arm_shares_the_control_of_the_arm_with_the_same_draw() -> None
         "synthetic_x1": spec("synthetic", 1.0),
         "count_matched_x1": spec("count_matched", controls="synthetic_x1"),
         "pretrained_x1": spec("synthetic", 1.0, pretrain_share=0.3),
+        "taught_x1": spec("synthetic", 1.0, teacher_weight=0.5, synthetic_loss_weight=0.5),
         "every_x1": spec("synthetic", 1.0, every_class=True),
         "synthetic_x2": spec("synthetic", 2.0),
     }
     assert count_matched_control("synthetic_x1", arms) == "count_matched_x1"
     assert count_matched_control("pretrained_x1", arms) == "count_matched_x1"  # same counts and class mix
+    assert count_matched_control("taught_x1", arms) == "count_matched_x1"
     assert count_matched_control("every_x1", arms) is None  # another class mix
     assert count_matched_control("synthetic_x2", arms) is None  # twice the count
     arms["augmented_x1"] = spec("synthetic", 1.0, augment=True)

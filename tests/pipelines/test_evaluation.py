@@ -14,7 +14,13 @@ from kedro.pipeline import Pipeline
 from kedro.runner import SequentialRunner
 from kedro_datasets.pandas import CSVDataset
 
-from generative_augmentation.core.evaluation import training_arrays
+from generative_augmentation.core.classifier import (
+    ClassifierConfig,
+    classifier_from_record,
+    predict_proba,
+    train_on_real,
+)
+from generative_augmentation.core.evaluation import teacher_targets, training_arrays
 from generative_augmentation.core.images import ImageSpec, array_to_pil
 from generative_augmentation.core.scenarios import real_training_rows, study_scenarios
 from generative_augmentation.pipelines.evaluation import create_pipeline
@@ -104,6 +110,7 @@ def test_train_and_score_every_replicate(data) -> None:
     assert figure.axes[0].get_title() == "Confusion matrix"
 
 
+@pytest.mark.slow
 def test_classifiers_trained_side_by_side_equal_those_trained_one_after_another(data) -> None:
     manifest, images = data
     train = real_training_rows(manifest)
@@ -262,3 +269,45 @@ def test_the_whole_evaluation_runs_through_kedro_with_a_synthetic_arm(data, synt
     real_f1 = estimates.query("scenario == 'real' and metric == 'f1'")["mean"].iloc[0]
     assert re.search(rf"<td>real</td><td>27</td><td>[0-9.]+</td><td>{real_f1:.3f} ", report)
     assert "k=2" in report and "95% interval" in report and "synthetic_x1 vs real" not in report
+
+
+TAUGHT = {"kind": "synthetic", "ratio": 1.0, "teacher_weight": 0.5}
+
+
+def test_soft_labels_come_from_the_labeler_for_the_synthetic_rows_alone(data, synthetic) -> None:
+    manifest, images = data
+    labeled, synthetic_images = synthetic
+    labeler, _ = train_on_real(manifest, images, ClassifierConfig(**CLASSIFIER), ImageSpec.parse(IMAGE), 0, "labeler")
+    rows = labeled[["image_id", "image_key"]].assign(
+        label=labeled["final_label"], class_name=labeled["final_class"], origin="synthetic"
+    )
+    table = pd.concat([real_training_rows(manifest), rows], ignore_index=True)
+    train = training_arrays(table, images, synthetic_images, ImageSpec.parse(IMAGE))
+    is_synthetic = table["origin"].to_numpy() == "synthetic"
+    targets = teacher_targets(labeler, train, is_synthetic, 0.5, NAMES, "taught")
+    one_hot = np.eye(3)[train[1]]
+    np.testing.assert_array_equal(targets[~is_synthetic], one_hot[~is_synthetic])  # real rows keep their labels
+    teacher = predict_proba(classifier_from_record(labeler), train[0][is_synthetic])
+    np.testing.assert_allclose(targets[is_synthetic], 0.5 * teacher + 0.5 * one_hot[is_synthetic], atol=1e-6)
+    assert np.allclose(targets.sum(1), 1.0, atol=1e-5)
+
+    arguments = (table, manifest, images, TAUGHT, CLASSIFIER, EVALUATION, AUGMENTATION, IMAGE, 0, synthetic_images)
+    taught, _ = train_classifiers(*arguments, labeler=labeler, arm="taught")
+    hard, _ = train_classifiers(*arguments[:3], SCENARIOS["synthetic_x1"], *arguments[4:], arm="hard")
+    head = "replicate_0.head.weight"
+    assert not torch.equal(taught["state_dict"][head], hard["state_dict"][head])  # the soft labels were trained on
+    with pytest.raises(ValueError, match=r"sets scenarios.taught.teacher_weight, which needs a teacher"):
+        train_classifiers(*arguments, arm="taught")
+    renamed = {**labeler, "config": {**labeler["config"], "class_names": ["x", "y", "z"]}}
+    with pytest.raises(ValueError, match=r"knows the classes \['x', 'y', 'z'\], the study \['a', 'b', 'c'\]"):
+        train_classifiers(*arguments, labeler=renamed, arm="taught")
+
+
+def test_an_arm_with_soft_labels_reads_the_labeler_and_the_others_do_not() -> None:
+    arms = study_scenarios(
+        {"arms": ["real", "taught"], "statistics": {"contrasts": [["taught", "real"]]}},
+        {"real": {"kind": "real"}, "taught": TAUGHT},
+    )
+    pipeline = create_pipeline(arms)
+    readers = [node.name for node in pipeline.nodes if "labeler" in node.inputs]
+    assert readers == ["taught.train_classifier"] and "labeler" in pipeline.inputs()

@@ -261,13 +261,21 @@ def forward_split_norm(model: nn.Module, batch: torch.Tensor, apart: torch.Tenso
 
 
 def weighted_cross_entropy(
-    logits: torch.Tensor, labels: torch.Tensor, class_weights: torch.Tensor | None, row_weights: torch.Tensor | None
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    class_weights: torch.Tensor | None,
+    row_weights: torch.Tensor | None,
+    targets: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Cross-entropy averaged with class weights (as ``F.cross_entropy(weight=...)`` does) times row weights."""
-    if row_weights is None:
+    """Cross-entropy averaged with class weights (as ``F.cross_entropy(weight=...)`` does) times row weights.
+
+    ``targets`` (rows of class probabilities, e.g. a teacher's soft labels) replace the one-hot labels in the loss;
+    each row is still weighed by the class weight of its label."""
+    if row_weights is None and targets is None:
         return F.cross_entropy(logits, labels, weight=class_weights)
-    losses = F.cross_entropy(logits, labels, reduction="none")
-    weights = row_weights if class_weights is None else row_weights * class_weights[labels]
+    losses = F.cross_entropy(logits, labels if targets is None else targets, reduction="none")
+    weights = torch.ones_like(losses) if row_weights is None else row_weights
+    weights = weights if class_weights is None else weights * class_weights[labels]
     return (losses * weights).sum() / weights.sum().clamp_min(1e-12)
 
 
@@ -291,7 +299,11 @@ def phased_batches(
 
 
 def _check_training_inputs(
-    train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray], row_weights: np.ndarray | None
+    train: tuple[np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray],
+    row_weights: np.ndarray | None,
+    targets: np.ndarray | None,
+    num_classes: int,
 ) -> None:
     (train_images, train_labels), val_labels = train, val[1]
     if len(train_labels) == 0 or len(val_labels) == 0:
@@ -300,6 +312,13 @@ def _check_training_inputs(
         raise ValueError(f"{len(train_images)} training images but {len(train_labels)} labels")
     if row_weights is not None and len(row_weights) != len(train_labels):
         raise ValueError(f"{len(row_weights)} row weights for {len(train_labels)} training images")
+    if targets is not None and np.shape(targets) != (len(train_labels), num_classes):
+        raise ValueError(
+            f"Soft targets of shape {np.shape(targets)} for {len(train_labels)} training images and {num_classes} "
+            f"classes: one row of class probabilities per image is needed"
+        )
+    if targets is not None and not np.allclose(np.sum(targets, axis=1), 1.0, atol=1e-4):
+        raise ValueError("Soft targets must be class probabilities: every row must sum to 1")
 
 
 def train_classifier(
@@ -315,6 +334,7 @@ def train_classifier(
     row_weights: np.ndarray | None = None,
     separate_norm: np.ndarray | None = None,
     select_after: int = 0,
+    targets: np.ndarray | None = None,
 ) -> tuple[ImageClassifier, TrainingResult]:
     """Train ``config.steps`` AdamW steps (cosine decay) on ``train``; keep the best weights on ``val``.
 
@@ -324,10 +344,11 @@ def train_classifier(
     each training image's loss (on top of the class weights; e.g. synthetic images weighed down). ``separate_norm``
     (a mask over the training rows, e.g. the synthetic ones) gives those rows BatchNorm statistics of their own
     (see :func:`forward_split_norm`). Validation scores of the first ``select_after`` steps (a pre-training phase)
-    are recorded but neither chosen nor counted towards early stopping.
+    are recorded but neither chosen nor counted towards early stopping. ``targets`` (N, K): class probabilities
+    that replace the one-hot labels in the loss (soft labels; the labels still pick the class weights).
     """
     train_images, train_labels = train
-    _check_training_inputs(train, val, row_weights)
+    _check_training_inputs(train, val, row_weights, targets, num_classes)
     device = pick_device(config.device)
     image_size, channels = train_images.shape[1], train_images.shape[-1]
     with seeded(derive_seed(seed, "init")):
@@ -336,6 +357,7 @@ def train_classifier(
     labels = torch.tensor(np.asarray(train_labels), dtype=torch.long)
     weights = class_weight_vector(np.asarray(train_labels), num_classes).to(device) if config.class_weights else None
     per_row = None if row_weights is None else torch.tensor(np.asarray(row_weights), dtype=torch.float32)
+    soft = None if targets is None else torch.tensor(np.asarray(targets), dtype=torch.float32)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.steps)
     batch_size = min(config.batch_size, len(labels))
@@ -357,6 +379,7 @@ def train_classifier(
                 labels[indices].to(device),
                 weights,
                 None if per_row is None else per_row[indices].to(device),
+                None if soft is None else soft[indices].to(device),
             )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -89,14 +89,19 @@ def train_replicates(
     workers: int = 1,
     synthetic: np.ndarray | None = None,
     recipe: ScenarioConfig | None = None,
+    teacher: Mapping[str, Any] | None = None,
 ) -> tuple[dict[str, Any], pd.DataFrame]:
     """One classifier per replicate, ``workers`` at a time (each on one torch thread, so the weights do not
     depend on how many run at once; under the Dask runner, one task each on the cluster); returns their weights as
     one record (``replicate_<r>.`` prefixes) and the validation history of every replicate.
 
     ``recipe`` (the arm's settings) says how the synthetic rows (``synthetic``, a mask) are used: mixed into each
-    batch with a probability, pre-trained on before the real ones, weighed in the loss (see ``ScenarioConfig``).
+    batch with a probability, pre-trained on before the real ones, weighed in the loss, given soft labels by
+    ``teacher`` (a classifier record trained on real images: the labeler) (see ``ScenarioConfig``).
     """
+    targets = None
+    if recipe is not None and recipe.teacher_weight > 0 and synthetic is not None and synthetic.any():
+        targets = teacher_targets(teacher, train, synthetic, recipe.teacher_weight, class_names, scenario)
     calls = [
         (
             train,
@@ -108,6 +113,7 @@ def train_replicates(
             f"{scenario} replicate {replicate}",
             synthetic,
             recipe,
+            targets,
         )
         for replicate, seed in seeds.items()
     ]
@@ -134,6 +140,7 @@ def _train_one(
     description: str,
     synthetic: np.ndarray | None,
     recipe: ScenarioConfig | None,
+    targets: np.ndarray | None = None,
 ) -> TrainingResult:
     batches, row_weights, separate_norm = synthetic_use(recipe, synthetic, config, len(train[1]), seed)
     pretrain_steps = pretraining_steps(recipe, config)
@@ -151,9 +158,39 @@ def _train_one(
             row_weights=row_weights,
             separate_norm=separate_norm,
             select_after=pretrain_steps,
+            targets=targets,
         )
     logger.info("%s: best step %d, validation macro-F1 %.3f", description, result.best_step, result.best_val_macro_f1)
     return result
+
+
+def teacher_targets(
+    teacher: Mapping[str, Any] | None,
+    train: tuple[np.ndarray, np.ndarray],
+    synthetic: np.ndarray,
+    weight: float,
+    class_names: list[str],
+    scenario: str,
+) -> np.ndarray:
+    """Soft labels (N, K): a real row's one-hot label; a synthetic row's ``weight`` x the teacher's class
+    probabilities + (1 - ``weight``) x its one-hot label (He et al., ICLR 2023: a teacher trained on real images
+    labels the synthetic ones)."""
+    if teacher is None:
+        raise ValueError(
+            f"Arm {scenario} sets scenarios.{scenario}.teacher_weight, which needs a teacher trained on real images "
+            "(the labeler of pseudo_labeling): run pseudo_labeling first"
+        )
+    taught = list(teacher["config"]["class_names"])
+    if taught != list(class_names):
+        raise ValueError(
+            f"The teacher (labeler) of arm {scenario} knows the classes {taught}, the study {list(class_names)}: "
+            "rerun pseudo_labeling on this study's manifest"
+        )
+    images, labels = train
+    targets = np.eye(len(class_names), dtype=np.float32)[labels]
+    probabilities = predict_proba(classifier_from_record(teacher), images[synthetic])
+    targets[synthetic] = weight * probabilities + (1.0 - weight) * targets[synthetic]
+    return targets
 
 
 def pretraining_steps(recipe: ScenarioConfig | None, config: ClassifierConfig) -> int:

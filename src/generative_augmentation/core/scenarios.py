@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 import numpy as np
@@ -70,13 +70,19 @@ class ScenarioConfig(Config):
     # Separate BatchNorm statistics for the synthetic images in training (Yu et al. 2023); validation and test are
     # normalised by statistics of the real images only.
     synthetic_batch_norm: bool = False
+    # Soft labels from a teacher trained on real images (the labeler of pseudo_labeling; He et al., ICLR 2023): a
+    # synthetic image's target is teacher_weight x the teacher's class probabilities + (1 - teacher_weight) x its
+    # one-hot label. 0: hard labels.
+    teacher_weight: float = 0.0
 
     def checks(self):
         yield from self.within("synthetic_probability", 0, 1, open_low=True, open_high=True)
         yield from self.within("pretrain_share", 0, 1, open_low=True, open_high=True)
+        yield from self.within("teacher_weight", 0, 1)
         yield from self.positive("synthetic_loss_weight")
-        for name in ("pretrain_share", "synthetic_loss_weight", "synthetic_batch_norm"):
-            if getattr(self, name) not in (None, 1.0, False):
+        defaults = {option.name: option.default for option in fields(self)}
+        for name in ("pretrain_share", "synthetic_loss_weight", "synthetic_batch_norm", "teacher_weight"):
+            if getattr(self, name) != defaults[name]:
                 yield name, self.uses_synthetic, f"applies to arms that draw synthetic images, not {self.kind!r}"
         yield (
             "synthetic_batch_norm",

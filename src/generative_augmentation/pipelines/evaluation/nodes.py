@@ -41,10 +41,11 @@ def train_classifiers(
     image: dict[str, Any],
     seed: int,
     synthetic_images: dict | None = None,
+    labeler: dict[str, Any] | None = None,
     arm: str = "scenario",
 ) -> tuple[dict[str, Any], pd.DataFrame]:
     """One classifier per replicate on the arm's training set, each keeping its best-on-validation weights
-    (``arm``: the arm's name, for the logs and progress bars)."""
+    (``arm``: the arm's name, for the logs and progress bars; ``labeler``: the teacher of an arm with soft labels)."""
     spec, settings = ScenarioConfig.parse(scenario, f"scenarios.{arm}"), EvaluationConfig.parse(evaluation_parameters)
     image_spec = ImageSpec.parse(image)
     train = evaluation.training_arrays(training_manifest, real_images, synthetic_images, image_spec)
@@ -62,6 +63,7 @@ def train_classifiers(
         workers=settings.worker_count(),
         synthetic=training_manifest["origin"].to_numpy() == "synthetic",
         recipe=spec,
+        teacher=labeler,
     )
 
 

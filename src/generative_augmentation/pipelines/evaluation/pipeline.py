@@ -43,6 +43,8 @@ def scenario_template(name: str, spec: ScenarioConfig) -> Pipeline:
     }
     if spec.uses_synthetic:
         inputs["synthetic_images"] = "synthetic_images"
+    if spec.teacher_weight > 0:
+        inputs["labeler"] = "labeler"
     return Pipeline(
         [
             node(
@@ -67,7 +69,9 @@ def create_pipeline(arms: Mapping[str, ScenarioConfig] | None = None, **kwargs) 
         Pipeline(
             scenario_template(name, spec),
             namespace=name,
-            inputs={"manifest", "real_images"} | ({"synthetic_images"} if spec.uses_synthetic else set()),
+            inputs={"manifest", "real_images"}
+            | ({"synthetic_images"} if spec.uses_synthetic else set())
+            | ({"labeler"} if spec.teacher_weight > 0 else set()),
             parameters={"params:scenario": f"params:scenarios.{name}", **{p: p for p in SHARED_PARAMETERS}},
         )
         for name, spec in arms.items()
