@@ -8,7 +8,8 @@ e.g. ``data/retinamnist`` of ``kedro run`` and a copy of the project run with ``
 For each it reads the newest generator, generative_quality.csv, shortcut_probe.csv and primary_contrasts.csv, and
 times sampling again here (``--sample`` rows of its pool, the same rows for every generator kind, on this machine
 and its current torch threads) so that images per second are measured side by side, not read from logs of runs made
-under other loads. Training time is the generator's own record (train steps / steps per second of its last fit).
+under other loads. Training time is the generator's own record (train steps / steps per second of its last fit), as
+are the collapses a GAN's checks found and let through (``collapse.on_collapse: warn``).
 """
 
 from __future__ import annotations
@@ -65,7 +66,17 @@ def summary_row(label: str, folder: Path, rows: int) -> dict[str, object]:
         "train steps": steps,
         "training (s)": round(steps / rate) if rate else "–",
         "images/s": f"{sampling_rate(folder, generator, rows):.2f}",
+        "collapse checks failed": collapse_summary(generator.training.get("collapses") or []),
     }
+
+
+def collapse_summary(collapses: list[dict[str, object]]) -> str:
+    """The collapses a GAN's checks found and let through (``on_collapse: warn``): class x times, first step."""
+    if not collapses:
+        return "–"
+    frame = pd.DataFrame(collapses)
+    counts = frame.groupby("class_name")["step"].agg(["size", "min"])
+    return ", ".join(f"{name} ×{row['size']} (from step {row['min']})" for name, row in counts.iterrows())
 
 
 def quality_table(runs: dict[str, Path]) -> str:

@@ -39,6 +39,17 @@ def test_two_runs_side_by_side_give_one_column_each(finished_study: Path) -> Non
     assert result.stdout.count("the pre-registered contrasts") == 2 and "verdict" in result.stdout
 
 
+def test_collapses_let_through_are_counted_per_class() -> None:
+    script = load_script("compare_generators")
+    assert script.collapse_summary([]) == "–"
+    found = [
+        {"step": 500, "class_name": "b", "ratio": 0.1, "threshold": 0.2},
+        {"step": 250, "class_name": "a", "ratio": 0.1, "threshold": 0.2},
+        {"step": 750, "class_name": "b", "ratio": 0.1, "threshold": 0.2},
+    ]
+    assert script.collapse_summary(found) == "a ×1 (from step 250), b ×2 (from step 500)"
+
+
 def test_a_missing_folder_or_a_bare_path_is_named(tmp_path: Path) -> None:
     script = load_script("compare_generators")  # in this process: each error is checked without a Python start
     with pytest.raises(SystemExit, match=re.escape(f"gan: data folder {tmp_path / 'absent'} does not exist")):
