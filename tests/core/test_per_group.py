@@ -39,6 +39,8 @@ def test_each_class_and_cluster_gets_its_own_model_trained_on_its_images(fitted)
     assert all(model.class_names == [NAMES[label]] for (label, _), model in fitted.models.items())
     seeds = {model.seed for model in fitted.models.values()}
     assert len(seeds) == 4  # each group's model from a seed of its own
+    seconds = sum(40 / model.training["steps_per_second"] for model in fitted.models.values())
+    assert fitted.training["steps_per_second"] == pytest.approx(160 / seconds)  # all steps over all groups' time
 
 
 def test_rows_are_sampled_by_their_groups_model_and_depend_only_on_their_own_seed(fitted) -> None:

@@ -9,7 +9,7 @@ one base training per group of the generator's training set, the classes the poo
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -108,6 +108,7 @@ class PerGroupGenerator(Generator):
             "loss_history": losses,  # the groups' losses one after the other
             "groups": {_group_name(*key): model.training.get("train_images") for key, model in self.models.items()},
             "train_images": len(data.images),
+            "steps_per_second": _combined_rate(self.models.values()),
         }
         return losses
 
@@ -147,6 +148,17 @@ class PerGroupGenerator(Generator):
         for path in sorted(folder.glob("group-*")):
             _, label, cluster = path.name.split("-")
             self.models[(int(label), int(cluster))] = load_generator(path)
+
+
+def _combined_rate(models: Iterable[Generator]) -> float | None:
+    """All groups' steps over all groups' training seconds (each model records its own rate)."""
+    steps, seconds = 0, 0.0
+    for model in models:
+        rate, count = model.training.get("steps_per_second"), len(model.training.get("loss_history", []))
+        if not rate:
+            return None
+        steps, seconds = steps + count, seconds + count / rate
+    return steps / seconds if seconds else None
 
 
 def _group_name(label: int, cluster: int) -> str:
