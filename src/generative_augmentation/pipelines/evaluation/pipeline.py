@@ -28,23 +28,28 @@ from .nodes import (
 SHARED_PARAMETERS = ("params:classifier", "params:evaluation", "params:augmentation", "params:image", "params:seed")
 
 
+def shared_inputs(spec: ScenarioConfig) -> set[str]:
+    """The datasets an arm's template reads from outside its namespace: the synthetic images when it draws them,
+    the labeler when it gives them soft labels."""
+    return (
+        {"manifest", "real_images"}
+        | ({"synthetic_images"} if spec.uses_synthetic else set())
+        | ({"labeler"} if spec.teacher_weight > 0 else set())
+    )
+
+
 def scenario_template(name: str, spec: ScenarioConfig) -> Pipeline:
     """Train per replicate on ``training_manifest``, select on real validation images, score once on real test."""
     inputs = {
         "training_manifest": "training_manifest",
-        "manifest": "manifest",
-        "real_images": "real_images",
         "scenario": "params:scenario",
         "classifier": "params:classifier",
         "evaluation_parameters": "params:evaluation",
         "augmentation": "params:augmentation",
         "image": "params:image",
         "seed": "params:seed",
+        **{dataset: dataset for dataset in sorted(shared_inputs(spec))},
     }
-    if spec.uses_synthetic:
-        inputs["synthetic_images"] = "synthetic_images"
-    if spec.teacher_weight > 0:
-        inputs["labeler"] = "labeler"
     return Pipeline(
         [
             node(
@@ -69,9 +74,7 @@ def create_pipeline(arms: Mapping[str, ScenarioConfig] | None = None, **kwargs) 
         Pipeline(
             scenario_template(name, spec),
             namespace=name,
-            inputs={"manifest", "real_images"}
-            | ({"synthetic_images"} if spec.uses_synthetic else set())
-            | ({"labeler"} if spec.teacher_weight > 0 else set()),
+            inputs=shared_inputs(spec),
             parameters={"params:scenario": f"params:scenarios.{name}", **{p: p for p in SHARED_PARAMETERS}},
         )
         for name, spec in arms.items()
