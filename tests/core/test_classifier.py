@@ -65,6 +65,7 @@ def test_grayscale_input_is_supported() -> None:
         ({"batch_size": 0}, r"classifier.batch_size must be at least 1, got 0"),
         ({"learning_rate": -1}, r"classifier.learning_rate must be positive"),
         ({"class_weights": "inverse"}, r"classifier.class_weights"),
+        ({"keep": "best"}, r"classifier.keep must be one of \[.final., .best_val.\]"),
     ],
 )
 def test_bad_classifier_parameters_are_named(values: dict, message: str) -> None:
@@ -74,7 +75,7 @@ def test_bad_classifier_parameters_are_named(values: dict, message: str) -> None
 
 def test_training_learns_and_restores_the_best_weights_on_validation() -> None:
     train, val = easy_data(20), easy_data(6, seed=1)
-    config = ClassifierConfig(steps=40, eval_every=5, batch_size=16, learning_rate=3e-3, patience=8)
+    config = ClassifierConfig(steps=40, eval_every=5, batch_size=16, learning_rate=3e-3, keep="best_val", patience=8)
     model, result = train_classifier(train, val, config, num_classes=3, seed=0, progress=False)
     assert result.best_val_macro_f1 >= 0.9
     assert result.best_val_macro_f1 == max(entry["val_macro_f1"] for entry in result.history)
@@ -95,12 +96,29 @@ def test_every_arm_gets_the_same_number_of_optimiser_steps_whatever_its_size() -
 
 def test_early_stopping_after_patience_evaluations_without_improvement() -> None:
     train, val = easy_data(10), easy_data(3, seed=1)
-    config = ClassifierConfig(steps=200, eval_every=2, batch_size=8, patience=2, learning_rate=1e-9)
+    config = ClassifierConfig(steps=200, eval_every=2, batch_size=8, keep="best_val", patience=2, learning_rate=1e-9)
     _, result = train_classifier(train, val, config, 3, seed=0, progress=False)
     assert (
         len(result.losses) < 200
         and len(result.history) == result.history.index(max(result.history, key=lambda e: e["val_macro_f1"])) + 3
     )
+
+
+def test_keep_final_trains_every_step_and_returns_the_last_weights() -> None:
+    train, val = easy_data(10), easy_data(3, seed=1)
+    config = ClassifierConfig(steps=30, eval_every=4, batch_size=8, keep="final", patience=1, learning_rate=1e-9)
+    model, result = train_classifier(train, val, config, 3, seed=0, progress=False)
+    assert len(result.losses) == 30 and result.best_step == 30  # a flat validation score stops nothing
+    assert [entry["step"] for entry in result.history] == [4, 8, 12, 16, 20, 24, 28, 30]
+    assert result.best_val_macro_f1 == result.history[-1]["val_macro_f1"]
+    moving = config.replace(learning_rate=3e-2)
+    final = train_classifier(train, val, moving, 3, seed=0, progress=False)[1]
+    best = train_classifier(train, val, moving.replace(keep="best_val", patience=100), 3, seed=0, progress=False)[1]
+    scored_once = moving.replace(keep="best_val", eval_every=30)  # its only candidate: the weights after step 30
+    last = train_classifier(train, val, scored_once, 3, seed=0, progress=False)[1]
+    assert best.best_step < 30  # so the final weights are not the best ones here
+    assert all(torch.equal(final.state_dict[name], tensor) for name, tensor in last.state_dict.items())
+    assert any(not torch.equal(final.state_dict[name], tensor) for name, tensor in best.state_dict.items())
 
 
 def test_same_seed_same_weights_other_seed_other_weights_with_augmentation() -> None:
@@ -327,7 +345,7 @@ def test_batched_augmentation_draws_per_image_and_repeats_under_a_seed() -> None
 
 def test_pre_training_steps_are_neither_chosen_nor_counted_towards_early_stopping() -> None:
     train, val = easy_data(8), easy_data(3, seed=1)
-    config = ClassifierConfig(steps=40, eval_every=5, batch_size=8, patience=2, learning_rate=1e-9)
+    config = ClassifierConfig(steps=40, eval_every=5, batch_size=8, keep="best_val", patience=2, learning_rate=1e-9)
     _, stopped = train_classifier(train, val, config, 3, seed=0, progress=False)
     _, waited = train_classifier(train, val, config, 3, seed=0, progress=False, select_after=30)
     assert len(stopped.losses) < 30  # a flat validation score stops plain training early

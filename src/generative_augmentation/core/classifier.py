@@ -3,8 +3,10 @@
 Every architecture exposes ``forward_features(x)`` (the penultimate embedding) and ``forward(x)`` (logits), so the
 same model can serve as a labeler and as a feature extractor. Training runs a fixed budget of optimiser steps
 (``classifier.steps``), whatever the size of the training set, so arms of a study that add images do not also get
-more optimisation; every ``eval_every`` steps the model is scored on real validation images and the best weights
-are kept (early stopping after ``patience`` evaluations without improvement).
+more optimisation; every ``eval_every`` steps the model is scored on real validation images. ``keep: final`` (the
+study's default) returns the last step's weights, so every classifier trains exactly ``steps`` steps; ``keep:
+best_val`` returns the best weights on validation (early stopping after ``patience`` evaluations without
+improvement). docs/results.md measures the two on held-out train images.
 """
 
 from __future__ import annotations
@@ -46,7 +48,8 @@ class ClassifierConfig(Config):
     width: int = 16  # small_cnn: first block width (then 2x, 4x)
     steps: int = 150  # optimiser steps, the same in every arm of a study
     eval_every: int = 10  # steps between scores on real validation images
-    patience: int = 5  # evaluations without improvement before stopping
+    keep: Literal["final", "best_val"] = "final"  # the last step's weights, or the best on validation
+    patience: int = 5  # keep: best_val only: evaluations without improvement before stopping
     batch_size: int = 128
     learning_rate: float = 0.002
     weight_decay: float = 0.0001
@@ -198,12 +201,12 @@ def load_state_dict(path: str | Path, parameter: str = "weights_path") -> dict[s
 
 @dataclass
 class TrainingResult:
-    """The best weights (by validation macro-F1) and the score history."""
+    """The kept weights (the last step's, or the best by validation macro-F1) and the score history."""
 
     state_dict: dict[str, torch.Tensor]
     history: list[dict[str, float]] = field(default_factory=list)
-    best_step: int = 0
-    best_val_macro_f1: float = -1.0
+    best_step: int = 0  # the step whose weights were kept
+    best_val_macro_f1: float = -1.0  # their validation macro-F1
     seconds: float = 0.0
     losses: list[float] = field(default_factory=list)
 
@@ -336,7 +339,7 @@ def train_classifier(
     select_after: int = 0,
     targets: np.ndarray | None = None,
 ) -> tuple[ImageClassifier, TrainingResult]:
-    """Train ``config.steps`` AdamW steps (cosine decay) on ``train``; keep the best weights on ``val``.
+    """Train ``config.steps`` AdamW steps (cosine decay) on ``train``; keep the final or the best weights on ``val``.
 
     Every random choice (initialisation, batches, dropout, augmentation) comes from ``seed``. With ``augmentation``
     every training image is transformed on the fly (ordinary flips, rotations, jitter, crops). ``batches(step)``
@@ -395,7 +398,7 @@ def train_classifier(
         result.history.append({"step": completed, "train_loss": float(np.mean(recent)), "val_macro_f1": score})
         if completed <= select_after:
             return False
-        if score > result.best_val_macro_f1:
+        if config.keep == "final" or score > result.best_val_macro_f1:
             result.state_dict = {name: tensor.detach().cpu().clone() for name, tensor in model.state_dict().items()}
             result.best_step, result.best_val_macro_f1, stale = completed, score, 0
             return False
@@ -416,9 +419,10 @@ def train_classifier(
     model.load_state_dict(result.state_dict)
     result.seconds = time.perf_counter() - started
     logger.info(
-        "%s: best step %d, val macro-F1 %.4f, %.1fs",
+        "%s: kept step %d (%s), val macro-F1 %.4f, %.1fs",
         description,
         result.best_step,
+        config.keep,
         result.best_val_macro_f1,
         result.seconds,
     )

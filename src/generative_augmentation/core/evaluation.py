@@ -160,7 +160,7 @@ def _train_one(
             select_after=pretrain_steps,
             targets=targets,
         )
-    logger.info("%s: best step %d, validation macro-F1 %.3f", description, result.best_step, result.best_val_macro_f1)
+    logger.info("%s: kept step %d, validation macro-F1 %.3f", description, result.best_step, result.best_val_macro_f1)
     return result
 
 

@@ -80,7 +80,14 @@ class PseudoLabelingConfig(Config):
 
     where = "pseudo_labeling"
     labeler: dict[str, Any] = field(
-        default_factory=lambda: {"width": 32, "batch_size": 64, "steps": 500, "eval_every": 20, "patience": 6}
+        default_factory=lambda: {
+            "width": 32,
+            "batch_size": 64,
+            "steps": 500,
+            "eval_every": 20,
+            "keep": "best_val",
+            "patience": 6,
+        }
     )
     filter: FilterConfig = field(default_factory=FilterConfig)
     memorisation: GuardConfig = field(default_factory=GuardConfig)
