@@ -5,9 +5,12 @@ split into its test-image part (fixed by the test set) and its replicate part (f
         synthetic_x1:traditional [--replicates 16 32 64] [--metric f1]
 
 For each contrast it resamples test images and replicates together (the study's bootstrap), test images alone
-(every replicate weighed equally) and replicates alone (every test image once), and projects the smallest
-difference detectable at 80% power with R replicates as (z(1 - alpha/(2m)) + z(0.8)) x sqrt(SE_test^2 +
-SE_rep^2 x R0/R), m the number of contrasts given, R0 the run's replicates. Prints one Markdown table.
+(every replicate weighed equally) and replicates alone (every test image once). The test-images-alone variance still
+holds some classifier noise (each test image's difference is averaged over only R0 classifiers); its noise-free part,
+the floor no number of classifiers removes, is the covariance of the test-image draws of two disjoint halves of the
+replicates (even and odd), whose classifier noise is independent. The smallest difference detectable at 80% power
+with R replicates is then (z(1 - alpha/(2m)) + z(0.8)) x sqrt(floor + (SE_test^2 - floor + SE_rep^2) x R0/R), m the
+number of contrasts given, R0 the run's replicates. Prints one Markdown table.
 """
 
 from __future__ import annotations
@@ -47,31 +50,45 @@ def main() -> None:
         raise SystemExit("The projection splits one run's variance; a pooled full study has several upstreams")
     critical = stats.norm.ppf(1 - args.alpha / (2 * len(pairs))) + stats.norm.ppf(0.8)
 
-    def standard_error(treatment: str, control: str, part: str) -> float:
-        boot = study.Bootstrap.draw(first.labels, first.replicates, args.resamples, 1)
-        if part == "test images":
-            boot.unit_weights = np.full_like(boot.unit_weights, 1 / boot.unit_weights[0].size)
-        if part == "replicates":
-            boot.test_counts = [np.ones_like(counts) for counts in boot.test_counts]
-        draws = boot.metric_draws(predictions[treatment], args.metric) - boot.metric_draws(
-            predictions[control], args.metric
-        )
-        return float(draws.std(ddof=1))
+    def variances(treatment: str, control: str) -> dict[str, float]:
+        """Variance of the contrast's draws: both resampled, test images alone, replicates alone, and the
+        noise-free test-image floor (the covariance of the two half-replicate test-image draws)."""
+        drawn = study.Bootstrap.draw(first.labels, first.replicates, args.resamples, 1)
+        drawn_tests, drawn_units = drawn.test_counts, drawn.unit_weights
+
+        def draws(units: np.ndarray, tests: list[np.ndarray]) -> np.ndarray:
+            boot = study.Bootstrap(unit_weights=units, test_counts=tests)
+            return boot.metric_draws(predictions[treatment], args.metric) - boot.metric_draws(
+                predictions[control], args.metric
+            )
+
+        halves = []
+        for parity in (0, 1):
+            units = np.zeros_like(drawn_units)
+            units[:, :, parity::2] = 1 / units[0, 0, parity::2].size
+            halves.append(draws(units, drawn_tests))
+        return {
+            "both": draws(drawn_units, drawn_tests).var(ddof=1),
+            "test": draws(np.full_like(drawn_units, 1 / drawn_units[0].size), drawn_tests).var(ddof=1),
+            "rep": draws(drawn_units, [np.ones_like(counts) for counts in drawn_tests]).var(ddof=1),
+            "floor": max(float(np.cov(halves[0], halves[1])[0, 1]), 0.0),
+        }
 
     header = (
-        ["contrast", "SE, both", "test images only", "replicates only"]
+        ["contrast", "SE, both", "test images only", "its floor (split-half)", "replicates only"]
         + [f"MDE at R = {r}" for r in args.replicates]
         + ["R → ∞"]
     )
     print("| " + " | ".join(header) + " |\n|---|" + "---:|" * (len(header) - 1))
     for treatment, control in pairs:
-        both, test, rep = (standard_error(treatment, control, part) for part in ("both", "test images", "replicates"))
-        projected = [critical * np.sqrt(test**2 + rep**2 * first.replicates / r) for r in args.replicates]
+        var = variances(treatment, control)
+        shrinking = var["test"] - var["floor"] + var["rep"]
+        projected = [critical * np.sqrt(var["floor"] + shrinking * first.replicates / r) for r in args.replicates]
         cells = [
             f"{treatment} − {control}",
-            *(f"{value:.4f}" for value in (both, test, rep)),
+            *(f"{np.sqrt(var[part]):.4f}" for part in ("both", "test", "floor", "rep")),
             *(f"{value:.3f}" for value in projected),
-            f"{critical * test:.3f}",
+            f"{critical * np.sqrt(var['floor']):.3f}",
         ]
         print("| " + " | ".join(cells) + " |")
 
