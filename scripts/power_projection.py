@@ -29,6 +29,32 @@ sys.path.insert(0, str(ROOT / "src"))
 from generative_augmentation.core import study  # noqa: E402
 
 
+def contrast_variances(
+    treatment: study.Predictions, control: study.Predictions, metric: str = "f1", resamples: int = 2000, seed: int = 1
+) -> dict[str, float]:
+    """Variance of a contrast's bootstrap draws with both resampled (``both``), test images alone (``test``),
+    replicates alone (``rep``), and the noise-free test-image ``floor``: the covariance of the test-image draws of
+    the even and the odd replicates, whose classifier noise is independent."""
+    drawn = study.Bootstrap.draw(treatment.labels, treatment.replicates, resamples, seed)
+    drawn_tests, drawn_units = drawn.test_counts, drawn.unit_weights
+
+    def draws(units: np.ndarray, tests: list[np.ndarray]) -> np.ndarray:
+        boot = study.Bootstrap(unit_weights=units, test_counts=tests)
+        return boot.metric_draws(treatment, metric) - boot.metric_draws(control, metric)
+
+    halves = []
+    for parity in (0, 1):
+        units = np.zeros_like(drawn_units)
+        units[:, :, parity::2] = 1 / units[0, 0, parity::2].size
+        halves.append(draws(units, drawn_tests))
+    return {
+        "both": float(draws(drawn_units, drawn_tests).var(ddof=1)),
+        "test": float(draws(np.full_like(drawn_units, 1 / drawn_units[0].size), drawn_tests).var(ddof=1)),
+        "rep": float(draws(drawn_units, [np.ones_like(counts) for counts in drawn_tests]).var(ddof=1)),
+        "floor": max(float(np.cov(halves[0], halves[1])[0, 1]), 0.0),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("data", type=Path, help="the run's data folder (data, data/odir5k, ...)")
@@ -50,30 +76,6 @@ def main() -> None:
         raise SystemExit("The projection splits one run's variance; a pooled full study has several upstreams")
     critical = stats.norm.ppf(1 - args.alpha / (2 * len(pairs))) + stats.norm.ppf(0.8)
 
-    def variances(treatment: str, control: str) -> dict[str, float]:
-        """Variance of the contrast's draws: both resampled, test images alone, replicates alone, and the
-        noise-free test-image floor (the covariance of the two half-replicate test-image draws)."""
-        drawn = study.Bootstrap.draw(first.labels, first.replicates, args.resamples, 1)
-        drawn_tests, drawn_units = drawn.test_counts, drawn.unit_weights
-
-        def draws(units: np.ndarray, tests: list[np.ndarray]) -> np.ndarray:
-            boot = study.Bootstrap(unit_weights=units, test_counts=tests)
-            return boot.metric_draws(predictions[treatment], args.metric) - boot.metric_draws(
-                predictions[control], args.metric
-            )
-
-        halves = []
-        for parity in (0, 1):
-            units = np.zeros_like(drawn_units)
-            units[:, :, parity::2] = 1 / units[0, 0, parity::2].size
-            halves.append(draws(units, drawn_tests))
-        return {
-            "both": draws(drawn_units, drawn_tests).var(ddof=1),
-            "test": draws(np.full_like(drawn_units, 1 / drawn_units[0].size), drawn_tests).var(ddof=1),
-            "rep": draws(drawn_units, [np.ones_like(counts) for counts in drawn_tests]).var(ddof=1),
-            "floor": max(float(np.cov(halves[0], halves[1])[0, 1]), 0.0),
-        }
-
     header = (
         ["contrast", "SE, both", "test images only", "its floor (split-half)", "replicates only"]
         + [f"MDE at R = {r}" for r in args.replicates]
@@ -81,7 +83,7 @@ def main() -> None:
     )
     print("| " + " | ".join(header) + " |\n|---|" + "---:|" * (len(header) - 1))
     for treatment, control in pairs:
-        var = variances(treatment, control)
+        var = contrast_variances(predictions[treatment], predictions[control], args.metric, args.resamples)
         shrinking = var["test"] - var["floor"] + var["rep"]
         projected = [critical * np.sqrt(var["floor"] + shrinking * first.replicates / r) for r in args.replicates]
         cells = [
