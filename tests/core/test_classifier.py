@@ -79,6 +79,7 @@ def test_training_learns_and_restores_the_best_weights_on_validation() -> None:
     model, result = train_classifier(train, val, config, num_classes=3, seed=0, progress=False)
     assert result.best_val_macro_f1 >= 0.9
     assert result.best_val_macro_f1 == max(entry["val_macro_f1"] for entry in result.history)
+    assert [entry["step"] for entry in result.history if entry["kept"]] == [result.best_step]
     assert [entry["step"] for entry in result.history][:2] == [5, 10] and len(result.losses) <= 40
     for name, tensor in model.state_dict().items():
         assert torch.equal(tensor.cpu(), result.state_dict[name])
@@ -111,6 +112,7 @@ def test_keep_final_trains_every_step_and_returns_the_last_weights() -> None:
     assert len(result.losses) == 30 and result.best_step == 30  # a flat validation score stops nothing
     assert [entry["step"] for entry in result.history] == [4, 8, 12, 16, 20, 24, 28, 30]
     assert result.best_val_macro_f1 == result.history[-1]["val_macro_f1"]
+    assert [entry["kept"] for entry in result.history] == [False] * 7 + [True]
     moving = config.replace(learning_rate=3e-2)
     final = train_classifier(train, val, moving, 3, seed=0, progress=False)[1]
     best = train_classifier(train, val, moving.replace(keep="best_val", patience=100), 3, seed=0, progress=False)[1]

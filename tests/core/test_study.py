@@ -17,6 +17,7 @@ from generative_augmentation.core.study import (
     compare,
     confusion_metric,
     holm,
+    mean_kept_validation,
     point_value,
     primary_contrasts,
     resolve_contrasts,
@@ -144,6 +145,19 @@ def test_the_best_synthetic_arm_is_chosen_on_validation_and_its_control_resolved
     arms = study_scenarios({"arms": list(definitions)}, definitions)
     resolved = resolve_contrasts(StatisticsConfig(), arms, {"synthetic_x1": 0.41, "synthetic_x2": 0.44, "real": 0.9})
     assert resolved == [("synthetic_x2", "real"), ("synthetic_x2", "count_matched_x2"), ("synthetic_x2", "traditional")]
+
+
+def test_arms_are_ranked_by_the_validation_score_of_the_weights_each_classifier_kept() -> None:
+    history = pd.DataFrame(
+        {
+            "replicate": [0, 0, 0, 1, 1, 1],
+            "step": [10, 20, 30, 10, 20, 30],
+            "val_macro_f1": [0.50, 0.70, 0.40, 0.30, 0.60, 0.20],
+            "kept": [False, False, True, False, False, True],  # final weights: the last step's
+        }
+    )
+    assert mean_kept_validation(history) == pytest.approx((0.40 + 0.20) / 2)
+    assert mean_kept_validation(history.drop(columns="kept")) == pytest.approx((0.70 + 0.60) / 2)  # older runs: best
 
 
 def test_contrasts_that_cannot_be_resolved_are_refused_when_the_study_is_read() -> None:

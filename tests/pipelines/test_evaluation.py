@@ -1,4 +1,4 @@
-"""The evaluation pipeline: per scenario, replicates trained, selected on val, scored once on test; the study."""
+"""The evaluation pipeline: per scenario, replicates trained a fixed step budget, scored once on test; the study."""
 
 from __future__ import annotations
 
@@ -250,6 +250,7 @@ def test_the_whole_evaluation_runs_through_kedro_with_a_synthetic_arm(data, synt
     assert probe["class_name"].tolist() == ["b", "c"] and probe["auc"].between(0, 1).all()
     report = outputs["report"].load()
     assert "<h1>Tiny study</h1>" in report and "commit: abc1234" in report
+    assert "each keeps its final weights and is scored once" in " ".join(report.split())  # classifier.keep
     sections = {part.split("</h2>")[0]: part for part in report.split("<h2>")[1:]}
     images = {heading: section.count("data:image/png;base64,") for heading, section in sections.items()}
     assert images == {

@@ -417,6 +417,8 @@ def train_classifier(
         progress=progress,
     )
     model.load_state_dict(result.state_dict)
+    for entry in result.history:
+        entry["kept"] = entry["step"] == result.best_step
     result.seconds = time.perf_counter() - started
     logger.info(
         "%s: kept step %d (%s), val macro-F1 %.4f, %.1fs",

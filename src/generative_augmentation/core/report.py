@@ -34,6 +34,12 @@ img{max-width:100%;border:1px solid #eee}.note{background:#f6f8fa;border-left:4p
 .provenance{color:#555;font-size:.85em}"""
 
 
+KEPT_WEIGHTS = {
+    "final": "its final weights",
+    "best_val": "its best weights on the real validation split (early stopping)",
+}
+
+
 @dataclass
 class ReportInputs:
     """Everything the report shows."""
@@ -50,6 +56,7 @@ class ReportInputs:
     figures: Mapping[str, Figure]
     provenance: Mapping[str, Any]
     replicates: int
+    keep: str = "final"  # classifier.keep: the weights each classifier kept
     quality: pd.DataFrame | None = None
     probe: pd.DataFrame | None = None
     nearest_k: int = 3
@@ -168,8 +175,8 @@ def build_report(inputs: ReportInputs) -> str:
 <p>Does a classifier trained on real plus synthetic images beat one trained on real images alone, one trained on
 as many real images drawn again (the count-matched control), and one trained with ordinary flips and rotations?
 Every arm trains {inputs.replicates} classifiers with the same number of optimiser steps, paired across arms by seed;
-each is selected on the real validation split and scored once on the real test split, which nothing upstream
-(generator, labeler, memorisation guard, any setting) has seen.</p>
+each keeps {KEPT_WEIGHTS.get(inputs.keep, html.escape(inputs.keep))} and is scored once on the real test split, which
+nothing upstream (generator, labeler, memorisation guard, any setting) has seen.</p>
 <h2>The pre-registered verdict</h2>
 <p>Primary metric: <b>{metric}</b>. Primary contrasts, fixed in the parameters before the run: {contrasts}
 (<i>best_synthetic</i> is the synthetic arm with the best validation macro-F1). Intervals come from a paired bootstrap

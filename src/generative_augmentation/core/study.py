@@ -387,7 +387,7 @@ def analyse(
     """The study's two tables from every arm's test predictions and validation histories (``upstream`` columns
     optional): the pre-registered contrasts with their verdicts, and every arm's estimates with intervals."""
     tables = {name: Predictions.from_table(predictions[name], len(class_names)) for name in arms}
-    validation = {name: mean_best_validation(histories[name]) for name in arms}
+    validation = {name: mean_kept_validation(histories[name]) for name in arms}
     first_name, first = next(iter(tables.items()))
     for name, table in tables.items():  # pairing needs the same test images and replicates in every arm
         same = len(table.labels) == len(first.labels) and all(
@@ -411,8 +411,11 @@ def analyse(
     return primary, table
 
 
-def mean_best_validation(history: pd.DataFrame) -> float:
-    """The mean over (upstream and) classifier replicates of each one's best validation macro-F1: how arms are
-    ranked, never on test."""
+def mean_kept_validation(history: pd.DataFrame) -> float:
+    """The mean over (upstream and) classifier replicates of the validation macro-F1 of the weights each one kept
+    (its ``kept`` row: the final or the best step): how arms are ranked, never on test. Histories written before
+    the ``kept`` column existed give each replicate's best score, the weights those runs kept."""
     keys = [column for column in ("upstream", "replicate") if column in history.columns]
+    if "kept" in history.columns:
+        return float(history[history["kept"].astype(bool)].groupby(keys)["val_macro_f1"].mean().mean())
     return float(history.groupby(keys)["val_macro_f1"].max().mean())

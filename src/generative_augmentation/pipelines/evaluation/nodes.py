@@ -205,6 +205,7 @@ def write_report(
     manifest: pd.DataFrame,
     study_parameters: dict[str, Any],
     evaluation_parameters: dict[str, Any],
+    classifier_parameters: dict[str, Any],
     run_provenance: dict[str, Any],
     generative_quality: pd.DataFrame | None = None,
     shortcut_probe_table: pd.DataFrame | None = None,
@@ -240,5 +241,6 @@ def write_report(
             nearest_k=settings.quality.nearest_k,
             provenance=run_provenance,
             replicates=settings.replicates,
+            keep=ClassifierConfig.parse(classifier_parameters).keep,
         )
     )

@@ -129,6 +129,7 @@ def create_pipeline(arms: Mapping[str, ScenarioConfig] | None = None, **kwargs) 
         "manifest": "manifest",
         "study_parameters": "params:study",
         "evaluation_parameters": "params:evaluation",
+        "classifier_parameters": "params:classifier",
         "run_provenance": "run_provenance",
         **{name: f"{name}.test_predictions" for name in arms},
     }
