@@ -81,3 +81,16 @@ def test_a_one_key_override_changes_that_key_and_nothing_else() -> None:
     assert {key: value for key, value in after.items() if key not in ("generation", "evaluation")} == {
         key: value for key, value in before.items() if key not in ("generation", "evaluation")
     }
+
+
+@pytest.mark.parametrize("preset", sorted((PROJECT / "conf" / "presets").glob("*.yml")), ids=lambda path: path.stem)
+def test_every_preset_overrides_existing_parameters_with_valid_values(preset: Path) -> None:
+    overrides = yaml.safe_load(preset.read_text())["run"]["params"]
+    base = leaves(parameters())
+    for name, value in leaves(overrides).items():
+        assert name in base, f"{preset.name}: {name} is not a parameter"
+        assert value != base[name], f"{preset.name}: {name} repeats the default"
+    for env in ("base", "retinamnist"):
+        merged = parameters(env, runtime_params=overrides)
+        check_parameters(merged)
+        assert {name: leaves(merged)[name] for name in leaves(overrides)} == leaves(overrides)
