@@ -153,7 +153,7 @@ def fit_extractor(
     seed: int,
 ) -> tuple[FeatureExtractor, dict[str, Any]]:
     """The configured extractor and its record; ``classifier_penultimate`` first trains its classifier on real
-    train images (selected on real validation images) with the ``classifier`` settings plus the overrides."""
+    train images with the ``classifier`` settings plus the overrides (its ``keep`` decides final or best-on-val)."""
     if config.name == "efficientnet_lite0":
         record: dict[str, Any] = {"state_dict": {}, "config": {"extractor": config.to_dict()}}
     else:
