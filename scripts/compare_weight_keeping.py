@@ -59,9 +59,7 @@ def main(argv: list[str] | None = None) -> None:
         images, labels, test_size=args.holdout, stratify=labels, random_state=0
     )
     val = (data["val_images"], data["val_labels"].ravel())
-    config = ClassifierConfig.parse(
-        {"architecture": "small_cnn", "width": 16, "steps": 150, "eval_every": 10, "patience": 5}
-    )
+    config = ClassifierConfig()  # the study's default classifier
     calls = [
         ((kept, kept_labels), val, (held_images, held_labels), config, classes, seed) for seed in range(args.seeds)
     ]

@@ -39,7 +39,7 @@ def shared_inputs(spec: ScenarioConfig) -> set[str]:
 
 
 def scenario_template(name: str, spec: ScenarioConfig) -> Pipeline:
-    """Train per replicate on ``training_manifest``, select on real validation images, score once on real test."""
+    """Train per replicate on ``training_manifest`` (``classifier.keep`` weights), score once on real test."""
     inputs = {
         "training_manifest": "training_manifest",
         "scenario": "params:scenario",
