@@ -8,6 +8,7 @@ import pytest
 import yaml
 from kedro.config import OmegaConfigLoader
 
+from generative_augmentation.core.config import ConfigError
 from generative_augmentation.core.generation import GenerationConfig
 from generative_augmentation.core.generators import GENERATORS
 from generative_augmentation.core.preparation import DatasetConfig
@@ -94,3 +95,20 @@ def test_every_preset_overrides_existing_parameters_with_valid_values(preset: Pa
         merged = parameters(env, runtime_params=overrides)
         check_parameters(merged)
         assert {name: leaves(merged)[name] for name in leaves(overrides)} == leaves(overrides)
+
+
+def test_an_every_class_arm_that_generation_classes_leaves_out_stops_the_run_at_its_start() -> None:
+    arms = [*parameters("odir5k_7class")["study"]["arms"], "every_class_synthetic_x1"]
+    merged = parameters("odir5k_7class", runtime_params={"study": {"arms": arms}})
+    with pytest.raises(ConfigError, match=r"every_class_synthetic_x1 .*\['diabetes', 'normal'\].*generation\.classes"):
+        check_parameters(merged)  # the environment generates the five disease classes only
+    every = ["diabetes", "glaucoma", "cataract", "amd", "hypertension", "myopia", "normal"]
+    merged = parameters("odir5k_7class", runtime_params={"study": {"arms": arms}, "generation": {"classes": every}})
+    check_parameters(merged)
+
+
+def test_an_augmented_class_that_generation_classes_leaves_out_stops_the_run_at_its_start() -> None:
+    merged = parameters("odir5k_7class", runtime_params={"generation": {"classes": ["glaucoma", "cataract"]}})
+    missing = r"synthetic_x1 draws synthetic images of \['amd', 'hypertension', 'myopia'\]"
+    with pytest.raises(ConfigError, match=missing):
+        check_parameters(merged)

@@ -10,7 +10,7 @@ from generative_augmentation.core.classifier import ClassifierConfig
 from generative_augmentation.core.clustering import FeatureClusteringConfig
 from generative_augmentation.core.config import Config, ConfigError
 from generative_augmentation.core.evaluation import EvaluationConfig
-from generative_augmentation.core.generation import GenerationConfig
+from generative_augmentation.core.generation import GenerationConfig, check_arms_covered
 from generative_augmentation.core.images import AugmentationConfig, ImageSpec
 from generative_augmentation.core.labeling import PseudoLabelingConfig
 from generative_augmentation.core.preparation import DatasetConfig, SplitConfig
@@ -43,7 +43,8 @@ def check_parameters(parameters: Mapping[str, Any]) -> dict[str, Config]:
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ConfigError(f"Parameter seed must be a non-negative integer, got {seed!r}")
     parsed = {name: config.parse(parameters.get(name), name) for name, config in PARAMETER_BLOCKS.items()}
-    study_scenarios(parameters.get("study"), parameters.get("scenarios"))
+    arms = study_scenarios(parameters.get("study"), parameters.get("scenarios"))
+    check_generated_classes(parsed, arms)
     classifier = parsed["classifier"]
     labeling = parsed["pseudo_labeling"]
     ClassifierConfig.parse(labeling.labeler, labeling.parameter("labeler"), base=classifier)
@@ -53,3 +54,14 @@ def check_parameters(parameters: Mapping[str, Any]) -> dict[str, Config]:
             extractor.classifier_overrides, extractor.parameter("classifier_overrides"), base=classifier
         )
     return parsed
+
+
+def check_generated_classes(parsed: Mapping[str, Config], arms: Mapping[str, Any]) -> None:
+    """An explicit ``generation.classes`` that leaves out a class an arm draws synthetic images of, as far as the
+    parameters alone tell (the class list of the data, ``study.augment_classes``); the generation pipeline checks the
+    rest against the data before training."""
+    generation, dataset, study = parsed["generation"], parsed["dataset"], parsed["study"]
+    if generation.classes is None:
+        return
+    all_classes = [dataset.class_names.get(str(code), str(code)) for code in dataset.classes] or None
+    check_arms_covered(arms, generation.classes, generation, all_classes, study.augment_classes)

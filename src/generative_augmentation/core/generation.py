@@ -11,7 +11,7 @@ import hashlib
 import logging
 import math
 import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Self
@@ -151,7 +151,9 @@ def plan_pool(
             "The train split is balanced (%d images per class): no class is a minority, every class is generated",
             counts.iloc[0],
         )
-    _check_arms_covered(arms or {}, targets, counts, config, augment_classes)
+    all_classes = [str(name) for name in counts.index]
+    augmented = resolve_classes(augment_classes, counts, "study.augment_classes")
+    check_arms_covered(arms or {}, targets, config, all_classes, augmented)
     for name in targets:
         if counts[name] < config.min_train_images_per_class:
             raise ConfigError(
@@ -195,28 +197,30 @@ def training_images_table(
     return merged[TRAINING_SET_COLUMNS]
 
 
-def _check_arms_covered(
+def check_arms_covered(
     arms: Mapping[str, ScenarioConfig],
-    targets: list[str],
-    counts: pd.Series,
+    targets: Sequence[str],
     config: GenerationConfig,
-    augment_classes: list[str] | None,
+    all_classes: Sequence[str] | None,
+    augmented: Sequence[str] | None,
 ) -> None:
-    """Refuse, before any training, a pool that lacks a class an arm of the study draws synthetic images of."""
+    """Refuse a pool that lacks a class an arm of the study draws synthetic images of. ``all_classes``: every
+    class of the data; ``augmented``: what ``study.augment_classes`` resolves to. Either may be None when not yet
+    known (the run's start, before the data is read): arms that depend on it are then left to the later check."""
     for name, spec in arms.items():
         if not spec.uses_synthetic:
             continue
         if spec.every_class:
-            wanted, source = [str(cls) for cls in counts.index], "every_class"
+            wanted, source = all_classes, "every_class"
         elif spec.classes is not None:
             wanted, source = spec.classes, spec.parameter("classes")
         else:
-            wanted, source = resolve_classes(augment_classes, counts, "study.augment_classes"), "study.augment_classes"
-        missing = [cls for cls in wanted if cls not in targets]
+            wanted, source = augmented, "study.augment_classes"
+        missing = [cls for cls in wanted or [] if cls not in targets]
         if missing:
             raise ConfigError(
                 f"Arm {name} draws synthetic images of {missing} ({source}), which {config.parameter('classes')} "
-                f"({targets}) does not generate: add them there, or set it to null"
+                f"({list(targets)}) does not generate: add them there, or set it to null"
             )
 
 
