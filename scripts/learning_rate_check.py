@@ -20,24 +20,27 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import f1_score
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from generative_augmentation.core.classifier import ClassifierConfig, predict_proba, train_classifier  # noqa: E402
+from generative_augmentation.core.classifier import ClassifierConfig, train_classifier  # noqa: E402
 
 REQUIRED = ("train_images", "train_labels", "val_images", "val_labels")
 
 
 def validation_f1(train: tuple, val: tuple, config: ClassifierConfig, classes: int, seed: int) -> dict:
-    """Validation macro-F1 of one classifier trained on ``train`` with its final weights kept."""
+    """Validation macro-F1 of one classifier trained on ``train`` with its final weights kept: the score the
+    training loop itself records after the last step (the kept step, with ``keep: final``)."""
     started = time.perf_counter()
-    model, _ = train_classifier(train, val, config, classes, seed, progress=False)
-    predicted = predict_proba(model, val[0]).argmax(1)
-    score = f1_score(val[1], predicted, average="macro", labels=range(classes), zero_division=0)
+    _, result = train_classifier(train, val, config, classes, seed, progress=False)
     seconds = time.perf_counter() - started
-    return {"learning_rate": config.learning_rate, "seed": seed, "val_macro_f1": score, "seconds": seconds}
+    return {
+        "learning_rate": config.learning_rate,
+        "seed": seed,
+        "val_macro_f1": result.best_val_macro_f1,
+        "seconds": seconds,
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -56,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     train = (data["train_images"], data["train_labels"].ravel())
     val = (data["val_images"], data["val_labels"].ravel())
     classes = int(train[1].max()) + 1
-    base = ClassifierConfig(architecture=args.architecture, steps=args.steps)
+    base = ClassifierConfig(architecture=args.architecture, steps=args.steps, keep="final")
     rows = [
         validation_f1(train, val, base.replace(learning_rate=rate), classes, seed)
         for rate in args.rates

@@ -63,5 +63,5 @@ def check_generated_classes(parsed: Mapping[str, Config], arms: Mapping[str, Any
     generation, dataset, study = parsed["generation"], parsed["dataset"], parsed["study"]
     if generation.classes is None:
         return
-    all_classes = [dataset.class_names.get(str(code), str(code)) for code in dataset.classes] or None
+    all_classes = [dataset.class_name(code) for code in dataset.classes] or None
     check_arms_covered(arms, generation.classes, generation, all_classes, study.augment_classes)

@@ -42,6 +42,10 @@ class DatasetConfig(Config):
     classes: list[str | int] = field(default_factory=list)
     class_names: dict[str, str] = field(default_factory=dict)
 
+    def class_name(self, code: str | int) -> str:
+        """The name of class ``code``: its ``class_names`` entry, else the code itself."""
+        return self.class_names.get(str(code), str(code))
+
     def checks(self):
         yield "adapter", self.adapter in READERS, f"must be one of {sorted(READERS)}, got {self.adapter!r}"
         yield "root", bool(self.root), "is empty: give the dataset's folder or file"
@@ -97,7 +101,7 @@ def select_classes(raw: RawCollection, dataset: DatasetConfig) -> pd.DataFrame:
         raise ConfigError(
             f"Class(es) {unknown} in parameter dataset.classes are not in {raw.root!r}; found {available}"
         )
-    names = {code: dataset.class_names.get(code, code) for code in classes}
+    names = {code: dataset.class_name(code) for code in classes}
     seen: dict[str, str] = {}
     for code, name in names.items():
         if name in seen:
